@@ -1,0 +1,236 @@
+"""The packed-batch contract: many variable-size samples in one static [B, L] layout.
+
+Legend: B rows (sequences), L tokens per row, D token features, S samples in the
+batch, G attention segments (samples + padding runs), N tokens of one sample.
+
+A row holds whole samples back to back from offset 0, then one run of padding.
+Samples are numbered in row-major order of appearance, so the valid tokens of the
+flattened batch, read in order, are exactly the samples concatenated in order:
+that makes `split` a single boolean gather plus a view split.
+
+    row 0: [ s0 s0 s0 s1 s1 . . ]      segment_ids: 0 0 0 1 1 -1 -1
+    row 1: [ s2 s2 s2 s2 s2 s2 . ]                  2 2 2 2 2 2 -1
+    cu_seqlens (over B*L = 14):  0  3  5  7  13  14
+                                  s0  s1 pad  s2  pad
+
+Each padding run is its own attention segment, so padding never attends to real
+tokens and real tokens never attend to padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+__all__ = ["PatchedSample", "PackedBatch", "pack"]
+
+
+@dataclass
+class PatchedSample:
+    """One sample after patchify (and optional token dropping).
+
+    tokens: [N, D] float patch vectors; coords: [N, 3] int (t, h, w) grid indices.
+    grid: the full (T', H', W') patch grid before any token was dropped.
+    """
+
+    tokens: Tensor
+    coords: Tensor
+    grid: tuple[int, int, int]
+    key: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+@dataclass
+class PackedBatch:
+    """S samples packed into B fixed-length rows of L tokens.
+
+    Fields (shapes static in B and L):
+        tokens       [B, L, D] float, padding zeroed
+        coords       [B, L, 3] int32 (t, h, w); padding coords are 0
+        segment_ids  [B, L] int32: sample index within the batch, -1 for padding
+        cu_seqlens   [G+1] int32 over the flattened B*L tokens; one segment per
+                     sample and one per padding run; ends at B*L
+        max_seqlen   python int, the longest segment (host side: no sync in forward)
+        segment_sample [G] int64: the sample of each attention segment, -1 for padding
+        grid         [S, 3] int64: full (T', H', W') patch grid of each sample
+        num_tokens   [S] int64: tokens kept for each sample
+        row, offset  [S] int64: where each sample starts
+        keys         S source keys (shard/key) for traceability
+        meta         S per-sample dicts carried through untouched (captions, ...)
+    """
+
+    tokens: Tensor
+    coords: Tensor
+    segment_ids: Tensor
+    cu_seqlens: Tensor
+    max_seqlen: int
+    segment_sample: Tensor
+    grid: Tensor
+    num_tokens: Tensor
+    row: Tensor
+    offset: Tensor
+    keys: list[str]
+    meta: list[dict]
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.keys)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.tokens.shape[0]), int(self.tokens.shape[1])
+
+    @property
+    def valid(self) -> Tensor:
+        """[B, L] bool, True on real tokens."""
+        return self.segment_ids >= 0
+
+    @property
+    def fill(self) -> float:
+        """Fraction of the B*L slots holding real tokens."""
+        b, l = self.shape
+        return float(self.num_tokens.sum()) / max(b * l, 1)
+
+    def split(self, x: Tensor) -> list[Tensor]:
+        """[B, L, ...] -> S tensors [N_s, ...]: the exact inverse of packing."""
+        b, l = self.shape
+        if tuple(x.shape[:2]) != (b, l):
+            raise ValueError(f"split expects [B, L, ...] = [{b}, {l}, ...], got {tuple(x.shape)}")
+        flat = x.reshape(b * l, *x.shape[2:])[self.valid.reshape(-1).to(x.device)]
+        return list(flat.split(self.num_tokens.tolist()))
+
+    def cross_cu_seqlens(self, kv_lengths: Sequence[int] | Tensor) -> tuple[Tensor, int]:
+        """cu_seqlens for keys/values laid out one segment per sample (e.g. captions).
+
+        Aligned with `cu_seqlens`: sample segments get kv_lengths[s] keys, padding
+        segments get 0 keys (their queries then read nothing). Returns (cu, max).
+        """
+        kv_S = torch.as_tensor(kv_lengths, dtype=torch.int64).cpu()
+        if kv_S.shape != (self.num_samples,):
+            raise ValueError(f"kv_lengths must have one entry per sample ({self.num_samples}), got shape {tuple(kv_S.shape)}")
+        if (kv_S < 0).any():
+            raise ValueError(f"kv_lengths must be >= 0, got {kv_S.tolist()}")
+        seg = self.segment_sample
+        per_seg = torch.where(seg >= 0, kv_S[seg.clamp(min=0)], torch.zeros_like(seg))
+        cu = torch.zeros(per_seg.numel() + 1, dtype=torch.int32)
+        cu[1:] = per_seg.cumsum(0)
+        return cu.to(self.cu_seqlens.device), int(per_seg.max()) if per_seg.numel() else 0
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> PackedBatch:
+        """Move the tensors; host-side bookkeeping (grid, num_tokens, ...) stays on CPU."""
+        mv = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return replace(
+            self,
+            tokens=mv(self.tokens),
+            coords=mv(self.coords),
+            segment_ids=mv(self.segment_ids),
+            cu_seqlens=mv(self.cu_seqlens),
+        )
+
+
+def _check_plan(plan: Sequence[Sequence[int]], lengths: list[int], max_len: int) -> None:
+    seen = [0] * len(lengths)
+    for r, bin_ in enumerate(plan):
+        for i in bin_:
+            if not 0 <= i < len(lengths):
+                raise ValueError(f"plan row {r} names sample {i}, but there are {len(lengths)} samples")
+            seen[i] += 1
+        used = sum(lengths[i] for i in bin_)
+        if used > max_len:
+            raise ValueError(f"plan row {r} holds {used} tokens > max_len={max_len}")
+    missing = [i for i, c in enumerate(seen) if c == 0]
+    twice = [i for i, c in enumerate(seen) if c > 1]
+    if missing or twice:
+        raise ValueError(f"plan must place each sample exactly once: missing {missing[:10]}, repeated {twice[:10]}")
+
+
+def _check_samples(samples: Sequence[PatchedSample]) -> tuple[int, torch.dtype]:
+    if not samples:
+        raise ValueError("pack needs at least one sample")
+    d, dtype = int(samples[0].tokens.shape[-1]), samples[0].tokens.dtype
+    for i, s in enumerate(samples):
+        if s.tokens.ndim != 2 or s.tokens.shape[1] != d:
+            raise ValueError(f"sample {i} ({s.key!r}): tokens must be [N, {d}], got {tuple(s.tokens.shape)}")
+        if s.tokens.dtype != dtype:
+            raise ValueError(f"sample {i} ({s.key!r}): dtype {s.tokens.dtype} != {dtype} of sample 0")
+        if s.coords.shape != (s.tokens.shape[0], 3):
+            raise ValueError(f"sample {i} ({s.key!r}): coords must be [{s.tokens.shape[0]}, 3], got {tuple(s.coords.shape)}")
+        if s.tokens.shape[0] == 0:
+            raise ValueError(f"sample {i} ({s.key!r}) has no tokens")
+    return d, dtype
+
+
+def pack(
+    samples: Sequence[PatchedSample],
+    plan: Sequence[Sequence[int]],
+    max_len: int,
+    *,
+    rows: int | None = None,
+) -> PackedBatch:
+    """Materialise `plan` (rows of sample indices, e.g. from `plan_packs`) as a PackedBatch.
+
+    rows: pad the batch to exactly this many rows (static B for compiled models);
+    extra rows are all padding. Defaults to len(plan).
+    Cost: one copy of every sample's tokens and coords; only padding is zeroed.
+    """
+    lengths = [len(s) for s in samples]
+    _check_plan(plan, lengths, max_len)
+    d, dtype = _check_samples(samples)
+    b = len(plan) if rows is None else rows
+    if b < len(plan):
+        raise ValueError(f"plan has {len(plan)} rows > rows={rows}")
+    l = max_len
+
+    order = [i for bin_ in plan for i in bin_]  # batch sample s is input sample order[s]
+    tokens_BLD = torch.empty(b, l, d, dtype=dtype)
+    coords_BL3 = torch.empty(b, l, 3, dtype=torch.int32)
+    segment_ids_BL = torch.empty(b, l, dtype=torch.int32)
+    tok_flat, crd_flat, seg_flat = tokens_BLD.view(b * l, d), coords_BL3.view(b * l, 3), segment_ids_BL.view(b * l)
+
+    seg_lengths: list[int] = []
+    segment_sample: list[int] = []
+    row_S, offset_S = [], []
+    s = 0
+    for r in range(b):
+        start = r * l
+        for i in plan[r] if r < len(plan) else ():
+            n = lengths[i]
+            tok_flat[start : start + n].copy_(samples[i].tokens)
+            crd_flat[start : start + n].copy_(samples[i].coords)
+            seg_flat[start : start + n] = s
+            row_S.append(r)
+            offset_S.append(start - r * l)
+            seg_lengths.append(n)
+            segment_sample.append(s)
+            start += n
+            s += 1
+        pad = (r + 1) * l - start
+        if pad:
+            tok_flat[start : start + pad].zero_()
+            crd_flat[start : start + pad].zero_()
+            seg_flat[start : start + pad] = -1
+            seg_lengths.append(pad)
+            segment_sample.append(-1)
+
+    cu = torch.zeros(len(seg_lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(seg_lengths, dtype=torch.int64).cumsum(0)
+    return PackedBatch(
+        tokens=tokens_BLD,
+        coords=coords_BL3,
+        segment_ids=segment_ids_BL,
+        cu_seqlens=cu,
+        max_seqlen=max(seg_lengths),
+        segment_sample=torch.tensor(segment_sample, dtype=torch.int64),
+        grid=torch.tensor([samples[i].grid for i in order], dtype=torch.int64).reshape(-1, 3),
+        num_tokens=torch.tensor([lengths[i] for i in order], dtype=torch.int64),
+        row=torch.tensor(row_S, dtype=torch.int64),
+        offset=torch.tensor(offset_S, dtype=torch.int64),
+        keys=[samples[i].key for i in order],
+        meta=[samples[i].meta for i in order],
+    )
