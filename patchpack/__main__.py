@@ -1,0 +1,5 @@
+import sys
+
+from patchpack.cli import main
+
+sys.exit(main())

@@ -1,0 +1,105 @@
+"""The `patchpack` command line.
+
+Each subcommand imports its heavy dependencies lazily, so `patchpack info` works
+on a machine without PyAV or the text extras. User errors (a bad size, a missing
+file) end with a one-line message and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+from pathlib import Path
+
+BENCHMARKS = ("packing", "attention", "pipeline", "e2e")
+
+
+class UserError(Exception):
+    """A problem with what the user asked for: printed as one line, exit code 2."""
+
+
+# --------------------------------------------------------------------------- info
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    import platform
+
+    import torch
+
+    import patchpack
+
+    print(f"patchpack {patchpack.__version__}  python {platform.python_version()}  torch {torch.__version__}")
+    print(f"torch threads: {torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op")
+    print(f"cuda available: {torch.cuda.is_available()}")
+    for mod in ("numpy", "av", "webdataset", "omegaconf", "safetensors", "triton", "flash_attn", "xformers"):
+        print(f"  {mod:12s} {_version_of(mod)}")
+    from patchpack.kernels import info
+
+    print()
+    info.main()
+
+
+def _version_of(module: str) -> str:
+    from importlib import import_module
+    from importlib.util import find_spec
+
+    if find_spec(module) is None:
+        return "not installed"
+    try:
+        return str(getattr(import_module(module), "__version__", "installed"))
+    except ImportError as e:  # installed but broken, e.g. a CUDA-only wheel
+        return f"installed, import fails: {e}"
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def _benchmarks_dir() -> Path:
+    here = Path(__file__).resolve().parent.parent / "benchmarks"
+    if not here.is_dir():
+        raise UserError(f"benchmarks/ not found next to the package ({here}); run from a source checkout")
+    return here
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    script = _benchmarks_dir() / f"{args.which}.py"
+    if not script.exists():
+        raise UserError(f"no benchmark named {args.which!r} (looked for {script})")
+    sys.argv = [str(script), *args.rest]
+    runpy.run_path(str(script), run_name="__main__")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="patchpack", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("info", help="versions, torch threads, attention backends with reasons")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("bench", help="run a benchmark script (extra args are passed through)")
+    s.add_argument("which", choices=BENCHMARKS)
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"patchpack {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
