@@ -1,0 +1,108 @@
+"""Atomic, pickle-free training checkpoints with keep-last-K rotation.
+
+Layout of one checkpoint, a directory named by its step:
+
+    run_dir/checkpoints/step_00001200/
+        model.safetensors    weights, loadable on their own (patchpack.model.checkpoint)
+        state.safetensors    every other tensor: EMA, optimizer moments, RNG, data buffers
+        state.json           the tree that names those tensors, plus step and config
+
+A checkpoint is written into `step_XXXXXXXX.tmp-<pid>/`, fsynced, then renamed into
+place. A rename within one filesystem is atomic, so a reader (or a resume after
+kill -9) sees either the whole checkpoint or none of it; stale `.tmp-*` directories
+from a killed writer are ignored and swept on the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .state_io import flatten, unflatten
+
+_NAME = re.compile(r"^step_(\d{8})$")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, write) -> None:
+    write(path)
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        return []
+    found = [p for p in d.iterdir() if p.is_dir() and _NAME.match(p.name) and (p / "state.json").exists()]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    found = list_checkpoints(ckpt_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(
+    ckpt_dir: str | Path,
+    step: int,
+    *,
+    model_state: dict[str, Tensor],
+    state: dict[str, Any],
+    keep: int = 3,
+) -> Path:
+    """Write one checkpoint atomically and keep only the newest `keep` ones.
+
+    model_state: the model's state_dict (tensors only). state: any tree of dicts,
+    lists, tuples, tensors, numpy arrays and JSON scalars (see state_io).
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    root = Path(ckpt_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob("step_*.tmp-*"):  # left by a writer that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+
+    final = root / f"step_{step:08d}"
+    tmp = root / f"{final.name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    skeleton, tensors = flatten(state)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
+    _write_file(tmp / "model.safetensors", lambda p: save_file(weights, str(p)))
+    _write_file(tmp / "state.safetensors", lambda p: save_file(tensors, str(p)))
+    _write_file(tmp / "state.json", lambda p: p.write_text(json.dumps({"step": step, "state": skeleton})))
+    _fsync_dir(tmp)
+    if final.exists():  # re-saving the same step (e.g. at exit right after a periodic save)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: str | Path) -> tuple[int, dict[str, Tensor], dict[str, Any]]:
+    """-> (step, model_state, state). Never unpickles."""
+    p = Path(path)
+    if not (p / "state.json").exists():
+        raise FileNotFoundError(f"{p} is not a complete checkpoint (no state.json)")
+    meta = json.loads((p / "state.json").read_text())
+    tensors = load_file(str(p / "state.safetensors"))
+    model_state = load_file(str(p / "model.safetensors"))
+    return int(meta["step"]), model_state, unflatten(meta["state"], tensors)
