@@ -6,6 +6,7 @@ import random
 import numpy as np
 import pytest
 import torch
+
 from patchpack.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,

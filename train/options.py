@@ -1,0 +1,54 @@
+"""Config loading at the edge: structured dataclass defaults <- YAML file <- CLI dotlist.
+
+Library code only ever sees plain dataclasses; OmegaConf lives here and in the CLI.
+An unknown key or a value of the wrong type fails at start-up with the key's path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not match the schema."""
+
+
+def load_config(schema: type[T], yaml_path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """merge(structured(schema), yaml, dotlist overrides) -> an instance of `schema`."""
+    if not is_dataclass(schema):
+        raise TypeError(f"schema must be a dataclass type, got {schema!r}")
+    layers: list[Any] = [OmegaConf.structured(schema)]
+    try:
+        if yaml_path is not None:
+            path = Path(yaml_path)
+            if not path.is_file():
+                raise ConfigError(f"config file not found: {path}")
+            layers.append(OmegaConf.load(path))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"overrides must look like key=value, got {bad}")
+            layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_one_line(e)) from None
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML, for the run directory and checkpoints."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def _one_line(e: OmegaConfBaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    key = getattr(e, "full_key", None)
+    head = lines[0] if lines else type(e).__name__
+    return f"{head} (key: {key})" if key else head
