@@ -43,7 +43,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> Decoded:
         w, h = im.size
         if w * h > max_pixels:
             raise DecodeError("too_large", f"image {w}x{h} > max_pixels={max_pixels}")
-        rgb = np.asarray(im.convert("RGB"))
+        rgb = np.array(im.convert("RGB"))  # a writable copy: torch.from_numpy warns on read-only
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as e:
         raise DecodeError("corrupt_image", f"{type(e).__name__}: {e}") from None
     if rgb.size == 0:

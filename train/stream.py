@@ -1,0 +1,389 @@
+"""Streaming webdataset shards into ready PackedBatches, resumably.
+
+    shards --(per-epoch seeded shuffle, split_by_node, split_by_worker)--> tar reader
+      --> shuffle buffer of raw (still encoded) samples
+      --> caption pick + decode at native size (PyAV / PIL) --> float [C, T, H, W] in [-1, 1]
+      --> packer.prepare_sample (budget, patchify, drop) --> packer.StreamPacker --> PackedBatch
+
+Tar reading and URL opening are webdataset's (`tar_file_iterator`, `group_by_keys`,
+`gopen`, brace expansion); the order of shards and samples is ours, because
+`webdataset.WebDataset` cannot save and restore its position.
+
+The shuffle buffer sits before decoding (webdataset's usual `.shuffle().decode()`
+order): the sample order is the same as shuffling decoded videos, but the buffer
+holds compressed bytes, so it is cheap to keep and to checkpoint.
+
+Bad samples are counted by reason (skips.py) and the stream goes on; `skips` gives
+the counts, including the packer's drops as "packer:<reason>".
+
+Resume. With num_workers=0, `state_dict()` taken between batches holds the epoch,
+the shard cursor and the samples read from the current shard, the shuffle buffer's
+bytes, every RNG state and the StreamPacker state: a stream restored from it yields
+bitwise the same next batches. With DataLoader workers each batch carries its
+worker's light position (`batch.stream_info`), and `loader()` records it; a resume
+restarts every worker at its position with empty shuffle and packer buffers, and
+rotates worker ids so the round-robin order continues. Samples that sat in those
+buffers at save time are not seen again that epoch (at most shuffle_buffer + the
+packer's buffer per worker); everything else is read exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tarfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .config import DataConfig
+from .decode import IMAGE_EXTS, VIDEO_EXTS, DecodeError, decode_image, decode_video, to_video_CTHW
+from .skips import SkipCounter, merge_counts
+
+MEDIA_EXTS = VIDEO_EXTS + IMAGE_EXTS
+
+
+# --------------------------------------------------------------------------- shard lists
+
+
+def expand_shards(spec: str | list[str], *, allow_pipe: bool = False) -> list[str]:
+    """Paths, directories, brace patterns and file: URLs -> a sorted list of shard URLs."""
+    import braceexpand
+
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    urls: list[str] = []
+    for s in specs:
+        for url in braceexpand.braceexpand(s):
+            if url.startswith("pipe:") and not allow_pipe:
+                raise ValueError(f"shard {url!r} is a pipe: URL, which runs a shell command; "
+                                 "set allow_pipe=True in DataConfig if you mean it")
+            path = Path(url[5:] if url.startswith("file:") else url)
+            if "://" not in url and not url.startswith("pipe:") and path.is_dir():
+                urls.extend(str(p) for p in sorted(path.glob("*.tar")))
+            else:
+                urls.append(url)
+    if not urls:
+        raise ValueError(f"no shards found for {spec!r}")
+    return urls
+
+
+def split_shards(urls: list[str], *, epoch: int, seed: int, shuffle: bool, rank: int, world_size: int,
+                 worker: int, num_workers: int) -> list[str]:
+    """This (rank, worker)'s shards for one epoch: the order is shuffled identically on all
+    ranks, then dealt out by node, then by worker, so each shard is read once per epoch."""
+    order = list(urls)
+    if shuffle:
+        random.Random(_seed(seed, "shards", epoch)).shuffle(order)
+    return order[rank::world_size][worker::num_workers]
+
+
+def _seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+def _open(url: str, allow_pipe: bool):
+    from webdataset.gopen import gopen, rewrite_url
+
+    if rewrite_url(url).startswith("pipe:") and not allow_pipe:  # GOPEN_REWRITE can make one
+        raise ValueError(f"shard {url!r} resolves to a pipe: URL; set allow_pipe=True to run it")
+    return gopen(url, "rb")
+
+
+def _read_shard(url: str, allow_pipe: bool) -> Iterator[dict]:
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    with _open(url, allow_pipe) as stream:
+        files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
+        yield from group_by_keys(files)
+
+
+# --------------------------------------------------------------------------- one worker's stream
+
+
+class _Stream:
+    """All mutable state of one (rank, worker) stream; the generators below advance it."""
+
+    def __init__(self, data: DataConfig, packer_cfg, urls: list[str], *, rank: int, world_size: int,
+                 worker: int, num_workers: int, position: Mapping | None = None,
+                 skips: Mapping[str, int] | None = None) -> None:
+        from patchpack.packer import StreamPacker
+
+        self.data, self.packer_cfg, self.urls = data, packer_cfg, urls
+        self.rank, self.world_size, self.worker, self.num_workers = rank, world_size, worker, num_workers
+        pos = dict(position or {"epoch": 0, "cursor": 0, "offset": 0})
+        self.epoch, self.cursor, self.offset = int(pos["epoch"]), int(pos["cursor"]), int(pos["offset"])
+        base = (data.seed, rank, worker, self.epoch, self.cursor, self.offset)
+        self.shuffle_rng = random.Random(_seed(*base, "buffer"))
+        self.sample_rng = random.Random(_seed(*base, "sample"))  # caption pick, clip start
+        self.gen = torch.Generator().manual_seed(_seed(*base, "packer") % 2**63)
+        self.packer = StreamPacker(packer_cfg, seed=_seed(*base, "pack") % 2**31)
+        self.buffer: list[dict] = []
+        self.skips = SkipCounter(skips)
+        self.batches = 0
+
+    # -- the pipeline, outermost last
+
+    def _records(self) -> Iterator[dict]:
+        d = self.data
+        while d.epochs is None or self.epoch < d.epochs:
+            got_any, fresh = False, self.cursor == 0 and self.offset == 0
+            mine = split_shards(self.urls, epoch=self.epoch, seed=d.seed, shuffle=d.shuffle_shards,
+                                rank=self.rank, world_size=self.world_size,
+                                worker=self.worker, num_workers=self.num_workers)
+            while self.cursor < len(mine):
+                url, skip = mine[self.cursor], self.offset
+                try:
+                    for i, rec in enumerate(_read_shard(url, d.allow_pipe)):
+                        if i < skip:
+                            continue  # resuming inside this shard: read, not decoded
+                        self.offset += 1
+                        got_any = True
+                        yield rec
+                except (tarfile.TarError, OSError, ValueError) as e:
+                    self.skips.add("bad_shard", f"{type(e).__name__}: {e}", key=url)
+                self.cursor, self.offset = self.cursor + 1, 0
+            self.epoch, self.cursor = self.epoch + 1, 0
+            if fresh and not got_any and d.epochs is None:  # would spin forever
+                raise ValueError(f"rank {self.rank} worker {self.worker}: a whole epoch of {len(mine)} "
+                                 "shards gave no sample")
+
+    def _shuffled(self) -> Iterator[dict]:
+        size = self.data.shuffle_buffer
+        for rec in self._records():
+            if size <= 1:
+                yield rec
+                continue
+            self.buffer.append(rec)
+            if len(self.buffer) >= size:
+                yield self._pop()
+        while self.buffer:
+            yield self._pop()
+
+    def _pop(self) -> dict:
+        i = self.shuffle_rng.randrange(len(self.buffer))
+        self.buffer[i], self.buffer[-1] = self.buffer[-1], self.buffer[i]
+        return self.buffer.pop()
+
+    def _samples(self) -> Iterator:
+        from patchpack.packer import SampleError, prepare_sample
+
+        for rec in self._shuffled():
+            key = f"{Path(str(rec.get('__url__', ''))).stem}/{rec.get('__key__', '')}"
+            try:
+                video_CTHW, meta = self._decode(rec, key)
+                yield prepare_sample(video_CTHW, config=self.packer_cfg, generator=self.gen, key=key, meta=meta)
+            except (DecodeError, SampleError) as e:
+                self.skips.add(e.reason, str(e), key=key)
+
+    def _decode(self, rec: dict, key: str) -> tuple[torch.Tensor, dict]:
+        d = self.data
+        if "json" not in rec:
+            raise DecodeError("no_json", "sample has no .json member")
+        try:
+            info = json.loads(rec["json"])
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DecodeError("bad_json", str(e)) from None
+        if not isinstance(info, dict) or "caption" not in info:
+            raise DecodeError("no_caption", "json has no 'caption'")
+        caps = info["caption"]
+        caps = [caps] if isinstance(caps, str) else caps if isinstance(caps, list) else []
+        caps = [c for c in caps if isinstance(c, str) and c.strip()]
+        if not caps:
+            raise DecodeError("empty_caption", f"caption {info['caption']!r}")
+        caption = caps[self.sample_rng.randrange(len(caps))] if len(caps) > 1 else caps[0]
+        ext = next((e for e in MEDIA_EXTS if e in rec), None)
+        if ext is None:
+            raise DecodeError("no_media", f"members {sorted(k for k in rec if not k.startswith('__'))}")
+        if ext in VIDEO_EXTS:
+            dec = decode_video(rec[ext], fps=d.fps, stride=d.stride, max_seconds=d.max_seconds,
+                               max_frames=d.max_frames, max_pixels=d.max_pixels,
+                               max_source_frames=d.max_source_frames,
+                               rng=self.sample_rng if d.clip_start == "random" else None)
+        else:
+            dec = decode_image(rec[ext], max_pixels=d.max_pixels)
+        t, h, w = dec.frames_THWC.shape[:3]
+        meta = {"caption": caption, "fps": dec.fps, "frames": t, "height": h, "width": w}
+        if "attrs" in info:
+            meta["attrs"] = info["attrs"]
+        return to_video_CTHW(dec.frames_THWC), meta
+
+    def __iter__(self):
+        for batch in self.packer.pack(self._samples()):
+            self.batches += 1
+            batch.stream_info = {"rank": self.rank, "worker": self.worker, "batches": self.batches,
+                                 "position": self.position(), "skips": self.skip_counts()}
+            yield batch
+
+    # -- bookkeeping
+
+    def position(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "offset": self.offset}
+
+    def skip_counts(self) -> dict[str, int]:
+        dropped = _get(_get(self.packer, "stats", {}), "dropped_by_reason", {}) or {}
+        return merge_counts([self.skips.counts, {f"packer:{k}": v for k, v in dict(dropped).items()}])
+
+    def state_dict(self) -> dict:
+        return {
+            "position": self.position(),
+            "buffer": [_record_to_state(r) for r in self.buffer],
+            "shuffle_rng": self.shuffle_rng.getstate(),
+            "sample_rng": self.sample_rng.getstate(),
+            "generator": self.gen.get_state(),
+            "packer": self.packer.state_dict(),
+            "skips": dict(self.skips.counts),
+            "batches": self.batches,
+        }
+
+    def load_state_dict(self, sd: Mapping) -> None:
+        self.epoch, self.cursor, self.offset = (int(sd["position"][k]) for k in ("epoch", "cursor", "offset"))
+        self.buffer = [_record_from_state(r) for r in sd["buffer"]]
+        self.shuffle_rng.setstate(_rng_state(sd["shuffle_rng"]))
+        self.sample_rng.setstate(_rng_state(sd["sample_rng"]))
+        self.gen.set_state(sd["generator"])
+        self.packer.load_state_dict(sd["packer"])
+        self.skips = SkipCounter(sd["skips"])
+        self.batches = int(sd["batches"])
+
+
+def _get(obj, name: str, default):
+    return obj.get(name, default) if isinstance(obj, Mapping) else getattr(obj, name, default)
+
+
+def _rng_state(s) -> tuple:
+    version, internal, gauss = s
+    return int(version), tuple(int(x) for x in internal), gauss
+
+
+def _record_to_state(rec: dict) -> dict:
+    out = {"key": str(rec.get("__key__", "")), "url": str(rec.get("__url__", "")), "members": {}}
+    for k, v in rec.items():
+        if not k.startswith("__"):
+            out["members"][k] = torch.from_numpy(np.frombuffer(bytes(v), np.uint8).copy())
+    return out
+
+
+def _record_from_state(s: Mapping) -> dict:
+    rec = {"__key__": s["key"], "__url__": s["url"]}
+    rec.update({k: bytes(v.numpy().tobytes()) for k, v in s["members"].items()})
+    return rec
+
+
+# --------------------------------------------------------------------------- the dataset
+
+
+def _identity(x):
+    return x
+
+
+class PackedStream(IterableDataset):
+    """An IterableDataset of PackedBatches: `DataLoader(ds, batch_size=None)` or `ds.loader()`.
+
+    rank/world_size default to torch.distributed's (or 0/1); worker/num_workers to the
+    DataLoader worker's (or 0/1). Passing them explicitly simulates a split in tests.
+    Each batch has `meta[i]["caption"]` (one caption picked per read, seeded) and a
+    `stream_info` attribute: {"rank", "worker", "batches", "position", "skips"}, the
+    skips being that worker's running totals.
+    """
+
+    def __init__(self, data: DataConfig, packer, *, rank: int | None = None, world_size: int | None = None,
+                 worker: int | None = None, num_workers: int | None = None) -> None:
+        super().__init__()
+        self.data, self.packer_cfg = data, packer
+        self.urls = expand_shards(data.shards, allow_pipe=data.allow_pipe)
+        if rank is None or world_size is None:
+            rank, world_size = _dist_rank_world()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.rank, self.world_size = rank, world_size
+        self._worker_override = (worker, num_workers)
+        self._live: _Stream | None = None
+        self._pending: dict | None = None
+        self._observed: dict[int, dict] = {}  # worker -> last stream_info seen by loader()
+        self._observed_batches = 0
+        self._loader_workers = 0
+
+    def _worker(self) -> tuple[int, int]:
+        w, n = self._worker_override
+        if w is not None and n is not None:
+            return w, n
+        info = get_worker_info()
+        return (info.id, info.num_workers) if info is not None else (0, 1)
+
+    def __iter__(self) -> Iterator:
+        physical, nw = self._worker()
+        total = self.world_size * nw
+        if len(self.urls) < total:
+            raise ValueError(f"{len(self.urls)} shards cannot feed world_size={self.world_size} x "
+                             f"num_workers={nw} = {total} readers; write more, smaller shards")
+        pending = self._pending
+        logical, position, exact, skips = physical, None, None, None
+        if pending is not None and pending.get("mode") == "exact":
+            if nw != 1:
+                raise ValueError("this state was saved with num_workers=0; resume it with num_workers=0")
+            exact = pending["stream"]
+        elif pending is not None and pending.get("mode") == "workers":
+            if int(pending["num_workers"]) != nw:
+                raise ValueError(f"state saved with num_workers={pending['num_workers']}, resuming with {nw}")
+            logical = (physical + int(pending["batches"])) % nw  # continue the round robin
+            position = pending["workers"].get(str(logical))
+            skips = pending["skips"].get(str(logical))
+        stream = _Stream(self.data, self.packer_cfg, self.urls, rank=self.rank, world_size=self.world_size,
+                         worker=logical, num_workers=nw, position=position, skips=skips)
+        if exact is not None:
+            stream.load_state_dict(exact)
+        if get_worker_info() is None:
+            self._live = stream
+        return iter(stream)
+
+    def loader(self, *, num_workers: int = 0, **dataloader_kwargs) -> Iterator:
+        """Iterate batches, in-process (num_workers=0) or from DataLoader workers, keeping the
+        bookkeeping `skips` and `state_dict` need."""
+        if num_workers == 0:
+            yield from self
+            return
+        self._loader_workers = num_workers
+        pending = self._pending if (self._pending or {}).get("mode") == "workers" else None
+        self._observed_batches = int(pending["batches"]) if pending else 0
+        self._observed = {int(k): {"position": v, "skips": pending["skips"].get(k, {})}
+                          for k, v in pending["workers"].items()} if pending else {}
+        dl = DataLoader(self, batch_size=None, num_workers=num_workers, collate_fn=_identity, **dataloader_kwargs)
+        for batch in dl:
+            info = batch.stream_info
+            self._observed[int(info["worker"])] = info
+            self._observed_batches += 1
+            yield batch
+
+    @property
+    def skips(self) -> dict[str, int]:
+        """reason -> count, merged over this process's stream and every worker seen by loader()."""
+        parts = [o.get("skips", {}) for o in self._observed.values()]
+        if self._live is not None:
+            parts.append(self._live.skip_counts())
+        return merge_counts(parts)
+
+    def state_dict(self) -> dict:
+        if self._loader_workers and self._observed:
+            return {"mode": "workers", "num_workers": self._loader_workers, "batches": self._observed_batches,
+                    "workers": {str(w): dict(o["position"]) for w, o in self._observed.items()},
+                    "skips": {str(w): dict(o.get("skips", {})) for w, o in self._observed.items()}}
+        if self._live is not None:
+            return {"mode": "exact", "stream": self._live.state_dict()}
+        return dict(self._pending) if self._pending is not None else {"mode": "fresh"}
+
+    def load_state_dict(self, sd: Mapping) -> None:
+        if sd.get("mode") not in ("exact", "workers", "fresh"):
+            raise ValueError(f"not a PackedStream state: mode={sd.get('mode')!r}")
+        self._pending = None if sd["mode"] == "fresh" else dict(sd)
+        self._live = None
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
