@@ -70,6 +70,12 @@ def decode_video(
     except (av.FFmpegError, ValueError, EOFError) as e:  # a cut moov atom fails here
         raise DecodeError("corrupt_video", f"{type(e).__name__}: {e}") from None
     with container:
+        if not list(container.streams):
+            # ffmpeg opens an mp4 cut before its index (moov atom, written last by default)
+            # as an empty container; an index with no tracks is a genuinely 0-frame file
+            if b"moov" in data:
+                raise DecodeError("no_frames", "container holds no streams")
+            raise DecodeError("corrupt_video", "no streams and no moov atom (truncated?)")
         if not container.streams.video:
             raise DecodeError("no_video", "container has no video stream")
         stream = container.streams.video[0]
