@@ -73,9 +73,9 @@ def decode_video(
         if not list(container.streams):
             # ffmpeg opens an mp4 cut before its index (moov atom, written last by default)
             # as an empty container; an index with no tracks is a genuinely 0-frame file
-            if b"moov" in data:
-                raise DecodeError("no_frames", "container holds no streams")
-            raise DecodeError("corrupt_video", "no streams and no moov atom (truncated?)")
+            if _cut_box(data):
+                raise DecodeError("corrupt_video", "no streams; the file ends inside an mp4 box (truncated)")
+            raise DecodeError("no_frames", "container holds no streams")
         if not container.streams.video:
             raise DecodeError("no_video", "container has no video stream")
         stream = container.streams.video[0]
@@ -97,6 +97,21 @@ def decode_video(
         raise DecodeError("no_frames", f"0 frames decoded (declared {declared})")
     out_fps = fps if fps is not None else src_fps / stride
     return Decoded(np.stack(frames), fps=min(out_fps, src_fps), source_fps=src_fps, source_frames=declared)
+
+
+def _cut_box(data: bytes) -> bool:
+    """True if a top-level ISO-BMFF box (ftyp, mdat, moov, ...) runs past the end of the data."""
+    pos = 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        if size == 1 and pos + 16 <= len(data):  # 64-bit "largesize"
+            size = int.from_bytes(data[pos + 8 : pos + 16], "big")
+        if size == 0:  # box runs to the end of the file
+            return False
+        if size < 8:
+            return True
+        pos += size
+    return pos != len(data)
 
 
 def _duration(stream, container, declared: int, src_fps: float) -> float:
