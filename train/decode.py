@@ -84,7 +84,7 @@ def decode_video(
             raise DecodeError("too_large", f"video {w}x{h} > max_pixels={max_pixels}")
         declared = int(stream.frames or 0)
         if declared > max_source_frames:
-            raise DecodeError("too_long", f"{declared} frames > max_source_frames={max_source_frames}")
+            raise DecodeError("too_many_frames", f"{declared} frames > max_source_frames={max_source_frames}")
         rate = stream.average_rate or stream.guessed_rate
         src_fps = float(rate) if rate else DEFAULT_FPS
         duration = _duration(stream, container, declared, src_fps)
