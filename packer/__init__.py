@@ -4,5 +4,36 @@ Everything here is pure data work on CPU tensors; it imports neither model/ nor 
 """
 
 from .batch import PackedBatch, PatchedSample, pack
+from .budget import fit_budget, resize_video, sample_budget
+from .config import PackerConfig
+from .drop import drop_tokens, keep_tokens, resolve_drop_rate
+from .errors import SampleError
+from .fill import plan_packs_fill
+from .patchify import grid_coords, patch_grid, patchify, unpatchify
+from .plan import plan_packs
+from .prepare import prepare_sample
+from .stream import PackerStats, StreamPacker, split_time
 
-__all__ = ["PackedBatch", "PatchedSample", "pack"]
+__all__ = [
+    "PackedBatch",
+    "PackerConfig",
+    "PackerStats",
+    "PatchedSample",
+    "SampleError",
+    "StreamPacker",
+    "drop_tokens",
+    "fit_budget",
+    "grid_coords",
+    "keep_tokens",
+    "pack",
+    "patch_grid",
+    "patchify",
+    "plan_packs",
+    "plan_packs_fill",
+    "prepare_sample",
+    "resize_video",
+    "resolve_drop_rate",
+    "sample_budget",
+    "split_time",
+    "unpatchify",
+]
