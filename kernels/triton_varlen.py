@@ -8,7 +8,7 @@ Work Partitioning" (2023); the Triton fused-attention tutorial (triton-lang.org,
 Layers, as in flash-attention:
   1. raw ops `patchpack::triton_varlen_fwd` / `patchpack::triton_varlen_bwd`
      (`torch.library.custom_op` + `register_fake`, so torch.compile can trace them);
-  2. `_TritonVarlenAttention`, a `torch.autograd.Function` joining the two;
+  2. `register_autograd` on the forward op, whose backward calls the backward op;
   3. `triton_varlen_attention`, the thin public function.
 
 Importing this module never imports triton: the `@triton.jit` kernels are imported on
@@ -181,23 +181,25 @@ def _(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
 
 
 # ------------------------------------------------------------------ layer 2: autograd
-class _TritonVarlenAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                softmax_scale, causal):
-        out_TNH, lse_NT = _fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k,
-                                  max_seqlen_q, max_seqlen_k, softmax_scale, causal)
-        # Saved: O and LSE (T*N fp32), not the T x T probabilities: backward recomputes them.
-        ctx.save_for_backward(q, k, v, out_TNH, lse_NT, cu_seqlens_q, cu_seqlens_k)
-        ctx.args = (max_seqlen_q, max_seqlen_k, softmax_scale, causal)
-        return out_TNH
+# `register_autograd` rather than an autograd.Function: dynamo traces it with fullgraph
+# and accepts k is v (autograd.Function.apply rejects duplicate tensor inputs).
+def _setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal = inputs
+    out_TNH, lse_NT = output
+    # Saved: O and LSE (T*N fp32), not the T x T probabilities: backward recomputes them.
+    ctx.save_for_backward(q, k, v, out_TNH, lse_NT, cu_seqlens_q, cu_seqlens_k)
+    ctx.args = (max_seqlen_q, max_seqlen_k, softmax_scale, causal)
 
-    @staticmethod
-    def backward(ctx, dout_TNH):
-        q, k, v, out_TNH, lse_NT, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
-        dq, dk, dv = _bwd_op(dout_TNH, q, k, v, out_TNH, lse_NT, cu_seqlens_q, cu_seqlens_k,
-                             *ctx.args)
-        return dq, dk, dv, None, None, None, None, None, None
+
+def _backward(ctx, dout_TNH, dlse_NT):
+    # dlse_NT is ignored: lse is an auxiliary output for the backward, not differentiable.
+    q, k, v, out_TNH, lse_NT, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
+    dq, dk, dv = _bwd_op(dout_TNH, q, k, v, out_TNH, lse_NT, cu_seqlens_q, cu_seqlens_k,
+                         *ctx.args)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ------------------------------------------------------------------ layer 3: public
@@ -236,9 +238,12 @@ def triton_varlen_attention(
     Returns:
         out: (total_q, nheads, headdim) in q's dtype (fp32 accumulation inside).
     """
-    reasons = not_supported_reasons(q, k, v, causal, needs_grad=torch.is_grad_enabled())
-    if reasons:
-        raise RuntimeError("triton varlen attention cannot run: " + "; ".join(reasons))
+    # Checked eagerly only: under torch.compile they would be traced into guards on every
+    # call for nothing (the dispatcher has already asked not_supported_reasons).
+    if not torch.compiler.is_compiling():
+        reasons = not_supported_reasons(q, k, v, causal, needs_grad=torch.is_grad_enabled())
+        if reasons:
+            raise RuntimeError("triton varlen attention cannot run: " + "; ".join(reasons))
     if cu_seqlens_q.shape != cu_seqlens_k.shape or cu_seqlens_q.dim() != 1:
         raise ValueError(
             f"cu_seqlens_q {tuple(cu_seqlens_q.shape)} and cu_seqlens_k "
@@ -250,7 +255,8 @@ def triton_varlen_attention(
         )
     if softmax_scale is None:
         softmax_scale = q.shape[-1] ** -0.5
-    return _TritonVarlenAttention.apply(
+    out_TNH, _ = _fwd_op(
         q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
         float(softmax_scale), bool(causal),
     )
+    return out_TNH

@@ -20,6 +20,7 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
+import patchpack.kernels.triton_varlen as tv  # noqa: E402
 from patchpack.kernels.triton_varlen import (  # noqa: E402
     not_supported_reasons,
     triton_varlen_attention,
@@ -175,6 +176,22 @@ def test_not_supported_reasons():
         triton_varlen_attention(big, big, big, cu, cu, 4, 4)
 
 
+def test_not_supported_reasons_without_triton_or_interpreter(monkeypatch):
+    # Simulated: in this process triton is installed and the kernels are already imported.
+    monkeypatch.setattr(tv, "_triton_import_error", lambda: "No module named 'triton'")
+    monkeypatch.setattr(tv, "_kernels_interpreted", lambda: None)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    q = torch.randn(4, 2, 16)
+    assert tv.not_supported_reasons(q, q, q, causal=False, needs_grad=False) == [
+        "triton is not installed (No module named 'triton')",
+        "CPU tensors need TRITON_INTERPRET=1 (the Triton interpreter)",
+    ]
+    # Kernels decorated for the GPU cannot fall back to the interpreter later.
+    monkeypatch.setattr(tv, "_kernels_interpreted", lambda: False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert any("imported without" in r for r in tv.not_supported_reasons(q, q, q, False, False))
+
+
 # ------------------------------------------------------------------ torch.library
 def test_fake_shapes_under_fake_tensor_mode():
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -199,3 +216,19 @@ def test_opcheck():
     out, lse = torch.ops.patchpack.triton_varlen_fwd(*fwd_args)
     bwd_args = (torch.randn_like(out), q, k, v, out, lse, cu_q, cu_k, 5, 4, 0.25, True)
     torch.library.opcheck(torch.ops.patchpack.triton_varlen_bwd.default, bwd_args)
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    # aot_eager: traces through the fake and the registered autograd without needing a C++
+    # toolchain for inductor; k is passed as v on purpose (duplicate inputs must trace).
+    q, k, _, cu_q, cu_k = _make([4, 6], [3, 6], 2, 1, 16, torch.float32)
+
+    def loss(q, k):
+        out = triton_varlen_attention(q, k, k, cu_q, cu_k, 6, 6, causal=True)
+        return out.square().sum()
+
+    qe, ke = q.clone().requires_grad_(True), k.clone().requires_grad_(True)
+    loss(qe, ke).backward()
+    qc, kc = q.clone().requires_grad_(True), k.clone().requires_grad_(True)
+    torch.compile(loss, backend="aot_eager", fullgraph=True)(qc, kc).backward()
+    assert torch.equal(qc.grad, qe.grad) and torch.equal(kc.grad, ke.grad)
