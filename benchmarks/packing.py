@@ -69,6 +69,7 @@ PAD_BATCH = 8  # samples per pad-to-max batch
 PACK_ROWS = 8  # rows materialised per pack() call
 BUFFERS = (16, 64, 256)
 MAX_SHRINK = 0.1  # fill-to-exact may remove at most 10% of a sample's tokens
+TOKENS_PER_FRAME = 128  # max_frames = L / 128: a clip at full length keeps >= 128 tokens a frame (~144p)
 TARGETS = {"bfd_fill": 0.995, "plan_per_s": 1e5, "pack_vs_memcpy": 0.5, "fill_exact": 0.999}
 
 # ---------------------------------------------------------------------------
@@ -114,9 +115,11 @@ def make_workload(latents: list[tuple[int, int, int]], *, max_len: int, regime: 
     else:
         rng = np.random.default_rng(seed)
         budgets = rng.integers(max_len // 2, max_len, size=len(latents), endpoint=True).tolist()
+    # fit_budget keeps the first max_frames frames (no temporal resampling), then scales space
+    max_frames = max_len // TOKENS_PER_FRAME
     lengths = []
     for (f, h, w), budget in zip(latents, budgets, strict=True):
-        t, hh, ww = fit_budget(f, h, w, patch=PATCH, max_tokens=budget)
+        t, hh, ww = fit_budget(f, h, w, patch=PATCH, max_tokens=budget, max_frames=max_frames)
         lengths.append((t // PATCH[0]) * (hh // PATCH[1]) * (ww // PATCH[2]))
     return Workload(max_len, regime, latents, budgets, lengths)
 
