@@ -213,7 +213,8 @@ class _Stream:
         return to_video_CTHW(dec.frames_THWC), meta
 
     def __iter__(self):
-        for batch in self.packer.pack(self._samples()):
+        # a finite stream closes the packer's open rows at the end; an endless one never ends
+        for batch in self.packer.pack(self._samples(), flush=self.data.epochs is not None):
             self.batches += 1
             batch.stream_info = {"rank": self.rank, "worker": self.worker, "batches": self.batches,
                                  "position": self.position(), "skips": self.skip_counts()}

@@ -40,7 +40,7 @@ def _stream(path, **kw):
     shards = [str(p) for p in path] if isinstance(path, list) else [str(path)]
     data = DataConfig(shards=shards, epochs=kw.pop("epochs", 1), shuffle_buffer=kw.pop("shuffle_buffer", 4),
                       seed=kw.pop("seed", 0), **kw.pop("data", {}))
-    return PackedStream(data, PackerConfig(**PACKER), **kw)
+    return PackedStream(data, PackerConfig(**(PACKER | kw.pop("packer", {}))), **kw)
 
 
 def _keys(batches):
@@ -125,15 +125,16 @@ def _same_batches(a, b):
 
 def test_resume_yields_identical_batches(tmp_path):
     _write_dataset(tmp_path, shards=3, per_shard=5, videos=True)
-    full = list(_stream(tmp_path, epochs=2, data={"max_frames": 2}).loader())
+    small = {"rows": 1, "max_len": 128}
+    full = list(_stream(tmp_path, epochs=2, data={"max_frames": 2}, packer=small).loader())
     assert len(full) >= 6
-    ds = _stream(tmp_path, epochs=2, data={"max_frames": 2})
+    ds = _stream(tmp_path, epochs=2, data={"max_frames": 2}, packer=small)
     it = ds.loader()
     head = [next(it) for _ in range(4)]
     skeleton, tensors = flatten(ds.state_dict())  # what a checkpoint stores, no pickle
     state = unflatten(json.loads(json.dumps(skeleton)), tensors)
     rest_original = list(it)
-    resumed = _stream(tmp_path, epochs=2, data={"max_frames": 2})
+    resumed = _stream(tmp_path, epochs=2, data={"max_frames": 2}, packer=small)
     resumed.load_state_dict(state)
     rest = list(resumed.loader())
     _same_batches(head + rest, full)
@@ -160,14 +161,15 @@ def test_shard_specs_expand(tmp_path):
 
 
 def test_resume_with_workers_reads_nothing_twice(tmp_path):
-    keys = _write_dataset(tmp_path, shards=8, per_shard=3, videos=False)
-    ds = _stream(tmp_path, shuffle_buffer=2)
+    keys = _write_dataset(tmp_path, shards=4, per_shard=12, videos=False)
+    small = {"rows": 1, "max_len": 128, "buffer": 2}
+    ds = _stream(tmp_path, shuffle_buffer=2, packer=small)
     it = ds.loader(num_workers=2)
     head = [next(it) for _ in range(3)]
     state = ds.state_dict()
     del it
     assert state["mode"] == "workers" and state["batches"] == 3
-    resumed = _stream(tmp_path, shuffle_buffer=2)
+    resumed = _stream(tmp_path, shuffle_buffer=2, packer=small)
     resumed.load_state_dict(state)
     rest = list(resumed.loader(num_workers=2))
     assert rest[0].stream_info["worker"] == 1  # the round robin goes on where it stopped
