@@ -16,9 +16,13 @@ Bounded (online) mode, open_bins=k: when placing a sample leaves k+1 bins open, 
 is closed: the fullest for best fit (least likely to be topped up), the oldest for
 first fit. A bin whose room reaches 0 closes at once.
 
-Fill-to-exact (max_shrink > 0, see fill.py): a sample that fits no open bin, but fits
-the roomiest one after losing <= max_shrink of its tokens (never below min_tokens), is
-given exactly that room; `shrunk[item]` records the new count and the bin closes full.
+Fill-to-exact (max_shrink > 0, see fill.py): a sample that fits no open bin exactly, but
+fits the roomiest bin that is too small for it after losing <= max_shrink of its tokens
+(never below min_tokens), is given exactly that room; `shrunk[item]` records the new
+count and the bin closes full. Best fit prefers this shrink to a roomier bin that would
+take the sample whole (closing a row now beats leaving a residue that rarely fills:
++0.6 to +1 point of fill online at L=4096, see fill.py); first/next fit shrink only
+when nothing fits.
 
 Bin packing background: Johnson, "Near-optimal bin packing algorithms" (1973).
 """
@@ -95,11 +99,13 @@ class BestFit(_Engine):
             raise self._oversize(item, n)
         rooms = self._rooms
         i = bisect_left(rooms, n)
-        if i < len(rooms):
-            bin_, room = self._take(i)
-        elif rooms and self._shrink_to(item, n, rooms[-1]):
-            bin_, room = self._take(len(rooms) - 1)
+        if i < len(rooms) and rooms[i] == n:
+            bin_, room = self._take(i)  # exact fit
+        elif i and self._shrink_to(item, n, rooms[i - 1]):
+            bin_, room = self._take(i - 1)  # the roomiest row too small for n: closes full
             n = room
+        elif i < len(rooms):
+            bin_, room = self._take(i)  # best fit
         else:
             bin_, room = [], self.max_len
             self.num_open += 1
