@@ -8,6 +8,9 @@ the *same* cu_seqlens tensor objects (unchanged in place) come back.
 
 On CUDA the kernel is `torch.compile(flex_attention)`. On CPU the eager path materialises the full
 [N, T, U] score matrix and has no backward: it exists to check correctness, not for speed.
+Not NaN-safe: masked scores become probability 0, but 0 * NaN in P @ V is NaN, so a NaN in any
+k/v row sharing a block (on CPU: anywhere) poisons other segments. Padding must be finite (the
+packer zeroes it); the cpu and reference backends do not have this weakness.
 
 Legend: T total q tokens, U total k/v tokens, N q heads, G kv heads, H head dim, S segments,
 S1 = S + 1.
