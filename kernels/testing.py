@@ -168,7 +168,7 @@ def check_backend_parity(
     if not backward:
         return
     gen = torch.Generator().manual_seed(seed)
-    dout = torch.randn(truth.shape, generator=gen, dtype=torch.float64)
+    dout = torch.randn(truth.shape, generator=gen, dtype=torch.float64).to(truth.device)
     g_truth = _grads(truth, dout, truth_in)
     g_base = _grads(baseline, dout.to(dtype), base_in)
     g_out = _grads(out, dout.to(dtype), test_in)
