@@ -102,7 +102,9 @@ def generate(
     flow = flow or FlowConfig()
     r = len(prompts)
 
-    # Noise per request, and each request's shifted schedule [R, steps+1].
+    # Noise per request, drawn as tokens rather than patchified from a noise video: an image
+    # with pt > 1 is pt copies of one frame, and its noise must still be iid per feature.
+    # Then each request's shifted schedule [R, steps+1].
     x = [
         torch.randn(n, cfg.patch_dim, generator=torch.Generator().manual_seed(seed + i)).to(device)
         for i, n in enumerate(sizes)

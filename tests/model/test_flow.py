@@ -87,7 +87,7 @@ def _train(steps: int):
         tok, crd = patchify(v, (1, 2, 2))
         samples.append(PatchedSample(tok, crd, (v.shape[1], v.shape[2] // 2, v.shape[3] // 2), key=str(i)))
     batch = pack(samples, [[1], [0, 2, 3]], 100)  # 96 and 72 tokens + padding
-    texts = make_text([3, 4, 2, 5])
+    texts = make_text([3, 4, 2, 5])  # any fixed caption per batch sample will do here
     text, lengths = torch.cat(texts), torch.tensor([3, 4, 2, 5])
     flow = FlowConfig(shift_base_tokens=32)
 
