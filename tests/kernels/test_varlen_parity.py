@@ -21,7 +21,9 @@ from patchpack.kernels.testing import (
 )
 
 _rng = random.Random(0)
-TINY_200 = [_rng.randint(1, 3) for _ in range(200)]
+TINY_200 = [_rng.randint(1, 3) for _ in range(200)]  # few shapes: unpadded batched calls
+CROSS_TINY_Q = [_rng.randint(0, 5) for _ in range(60)]  # many (len_q, len_k) shapes: padded call
+CROSS_TINY_K = [_rng.randint(0, 7) for _ in range(60)]
 
 # id -> (lengths_q, lengths_k or None for self-attention, nheads, nheads_k, headdim)
 CASES = {
@@ -31,6 +33,8 @@ CASES = {
     "zero_len_d72": ([0, 9, 0, 41, 0], None, 2, 2, 72),
     "cross_d59": ([7, 113, 1, 30], [5, 11, 8, 1], 4, 4, 59),
     "cross_empty_k": ([4, 6, 3], [0, 37, 2], 2, 2, 40),
+    "cross_tiny": (CROSS_TINY_Q, CROSS_TINY_K, 4, 2, 40),
+    "equal_runs": ([37, 37, 37, 37, 5, 5, 5, 5, 2, 37], None, 3, 3, 40),  # views, not gathers
     "gqa_8_2": ([1, 113, 40, 40, 3], None, 8, 2, 40),
     "cross_gqa_longer_q": ([50, 2, 33], [9, 40, 33], 8, 2, 72),
 }
