@@ -97,6 +97,8 @@ def explain(
 
 def resolve_backend(q_TNH, k_UGH, v_UGH, causal, needs_grad, backend) -> Backend:
     """`select_backend`, raising BackendUnavailableError with every reason when nothing fits."""
+    if needs_grad is None:
+        needs_grad = needs_grad_of(q_TNH, k_UGH, v_UGH)
     selection = select_backend(q_TNH, k_UGH, v_UGH, causal, needs_grad, backend)
     if selection.backend is not None:
         return selection.backend
