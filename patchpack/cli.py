@@ -71,6 +71,30 @@ def cmd_bench(args: argparse.Namespace) -> None:
     runpy.run_path(str(script), run_name="__main__")
 
 
+# --------------------------------------------------------------------------- data
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from patchpack.train.synth import synth
+
+    try:
+        synth(args.out, num_samples=args.num_samples, seed=args.seed, shard_size=args.shard_size)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def cmd_make_shards(args: argparse.Namespace) -> None:
+    from patchpack.train.shards import make_shards
+
+    for path in (args.src, args.captions):
+        if not Path(path).exists():
+            raise UserError(f"not found: {path}")
+    try:
+        make_shards(args.src, args.captions, args.out, shard_size_mb=args.shard_size_mb, per_caption=args.per_caption)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -80,6 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("info", help="versions, torch threads, attention backends with reasons")
     s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("synth", help="write the embedded synthetic dataset as webdataset shards")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--num-samples", type=int, default=200)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--shard-size", type=int, default=64, help="samples per shard")
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("make-shards", help="convert a folder of videos/images + captions file into shards")
+    s.add_argument("src", help="folder with the media files")
+    s.add_argument("--captions", required=True, help='JSON/JSONL: [{"file": "video0.mp4", "captions": ["..."]}]')
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--shard-size-mb", type=float, default=256.0)
+    s.add_argument("--per-caption", action="store_true", help="one sample per caption instead of all captions per sample")
+    s.set_defaults(func=cmd_make_shards)
 
     s = sub.add_parser("bench", help="run a benchmark script (extra args are passed through)")
     s.add_argument("which", choices=BENCHMARKS)
