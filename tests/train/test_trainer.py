@@ -1,0 +1,106 @@
+"""The training loop on tiny synthetic shards: metrics, bitwise resume, config errors, NaN guard."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from patchpack.model.flow import FlowLoss
+from patchpack.train import trainer
+from patchpack.train.checkpoint import latest_checkpoint
+from patchpack.train.metrics import read_metrics
+from patchpack.train.options import ConfigError, load_config
+from patchpack.train.synth import synth
+from patchpack.train.train_config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    synth(out, num_samples=12, seed=0, shard_size=4, max_side=64, min_side=32, progress=False)
+    return str(out)
+
+
+def _cfg(shards, run_dir, **loop) -> TrainConfig:
+    overrides = [
+        f"run_dir={run_dir}", f"data.shards=[{shards}]", "data.max_frames=4", "data.shuffle_buffer=4",
+        "packer.max_len=128", "packer.rows=2", "packer.max_tokens_per_sample=64", "packer.max_frames=2",
+        "packer.buffer=4", "model.depth=1", "model.hidden=64", "model.heads=2", "model.attn_backend=reference",
+        "optim.warmup=2", "loop.log_every=1", "loop.threads=1", "loop.caption_dropout=0.5",
+    ] + [f"loop.{k}={v}" for k, v in loop.items()]
+    return load_config(TrainConfig, None, overrides)
+
+
+def _losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r}
+
+
+def test_six_steps_log_every_field_and_a_finite_loss(shards, tmp_path):
+    summary = trainer.train(_cfg(shards, tmp_path, steps=6, ckpt_every=100))
+    assert summary["step"] == 6 and summary["stopped"] == "steps"
+    rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for r in rows:
+        assert {"loss", "lr", "grad_norm", "tokens_per_s", "fill", "samples_per_s", "skipped"} <= r.keys()
+        assert math.isfinite(r["loss"]) and r["loss"] > 0 and 0 < r["fill"] <= 1 and r["tokens_per_s"] > 0
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step_00000006"
+    assert (tmp_path / "config.yaml").read_text().startswith("run_dir:")
+
+
+def test_sigterm_checkpoints_and_resume_continues_bitwise(shards, tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    trainer.train(_cfg(shards, a, steps=6, ckpt_every=100))
+
+    real, calls = trainer.flow_loss, {"n": 0}
+
+    def sigterm_on_third(*args, **kw):  # a scheduler preempting run b during step 3
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(trainer, "flow_loss", sigterm_on_third)
+    first = trainer.train(_cfg(shards, b, steps=6, ckpt_every=3))
+    monkeypatch.setattr(trainer, "flow_loss", real)
+    assert first["step"] == 3 and first["stopped"] == "sigterm"
+    assert latest_checkpoint(b / "checkpoints").name == "step_00000003"
+    second = trainer.train(_cfg(shards, b, steps=6, ckpt_every=3, resume="auto"))
+    assert second["start_step"] == 3 and second["step"] == 6
+    la, lb = _losses(a), _losses(b)
+    assert [la[s] for s in (4, 5, 6)] == [lb[s] for s in (4, 5, 6)]  # bitwise: floats, not approx
+    wa = load_file(str(latest_checkpoint(a / "checkpoints") / "model.safetensors"))
+    wb = load_file(str(latest_checkpoint(b / "checkpoints") / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_unknown_config_key_fails_at_load(shards, tmp_path):
+    with pytest.raises(ConfigError, match="no_such_knob"):
+        load_config(TrainConfig, None, ["loop.no_such_knob=1"])
+    yaml = tmp_path / "bad.yaml"
+    yaml.write_text("optim:\n  lr: 1e-3\n  momentum: 0.9\n")
+    with pytest.raises(ConfigError, match="momentum"):
+        load_config(TrainConfig, yaml)
+
+
+def test_nonfinite_loss_is_skipped_then_stops_the_run(shards, tmp_path, monkeypatch):
+    real = trainer.flow_loss
+    calls = {"n": 0}
+
+    def nan_after_two(*args, **kw):
+        out = real(*args, **kw)
+        calls["n"] += 1
+        return out if calls["n"] <= 2 else FlowLoss(out.loss * float("nan"), out.loss_S, out.t_S)
+
+    monkeypatch.setattr(trainer, "flow_loss", nan_after_two)
+    with pytest.raises(RuntimeError, match="3 non-finite steps in a row"):
+        trainer.train(_cfg(shards, tmp_path, steps=10, ckpt_every=100, max_nonfinite=3))
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]  # two real steps, then none
+    skipped = [r for r in rows if "skipped_step" in r]
+    assert [r["skipped_step"] for r in skipped] == ["nonfinite_loss"] * 3
+    assert [r["nonfinite_total"] for r in skipped] == [1, 2, 3] and all(r["step"] == 2 for r in skipped)
