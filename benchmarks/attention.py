@@ -52,6 +52,7 @@ PATCH = (1, 2, 2)
 TOKENS_PER_FRAME = 128  # as benchmarks/packing.py: max_frames = budget / 128
 BACKENDS = ("cpu", "reference", "flex", "triton")
 SLOW_S = 1.0  # after a warm-up slower than this, time one call only (keeps --quick under a minute)
+SLOW_CAP_S = 30.0  # skip a method whose fwd, extrapolated as L^2 from the previous L, would take longer
 MEMORY_CAP = 4 * 2**30  # skip an SDPA baseline whose math-path estimate exceeds this
 FWD_BWD_FACTOR = 3.5
 TARGETS = {"cpu_vs_ideal": 1.15, "cpu_vs_dense": 3.0}
@@ -202,7 +203,19 @@ def matmul_peak_gflops(*, repeats: int, n: int = 2048) -> float:
 # ---------------------------------------------------------------------------
 # One max_len
 # ---------------------------------------------------------------------------
-def run_length(max_len: int, *, samples: int, seed: int, budget_frac: float, repeats: int) -> tuple[dict, list[dict]]:
+def too_slow(name: str, max_len: int, earlier: list[dict]) -> str | None:
+    """A reason to skip `name` at max_len when its fwd at a smaller L, scaled by L^2, exceeds SLOW_CAP_S."""
+    for r in earlier:
+        if r["method"] == name and "fwd_ms" in r and r["max_len"] < max_len:
+            guess = r["fwd_ms"] / 1e3 * (max_len / r["max_len"]) ** 2
+            if guess > SLOW_CAP_S:
+                return f"fwd took {r['fwd_ms'] / 1e3:.1f} s at L={r['max_len']}; ~{guess:.0f} s expected at L={max_len} (> {SLOW_CAP_S:.0f} s cap)"
+    return None
+
+
+def run_length(
+    max_len: int, *, samples: int, seed: int, budget_frac: float, repeats: int, earlier: list[dict]
+) -> tuple[dict, list[dict]]:
     sample_lens, pad = representative_row(max_len, samples=samples, seed=seed, budget_frac=budget_frac)
     segs = sample_lens + ([pad] if pad else [])
     g = torch.Generator().manual_seed(seed)
@@ -217,7 +230,8 @@ def run_length(max_len: int, *, samples: int, seed: int, budget_frac: float, rep
     results = []
     for name, fn in methods:
         t0 = time.perf_counter()
-        r = {"max_len": max_len, "method": name, **fn()}
+        reason = too_slow(name, max_len, earlier)
+        r = {"max_len": max_len, "method": name, **({"skipped_fwd": reason, "skipped_fwd_bwd": reason} if reason else fn())}
         r["wall_s"] = time.perf_counter() - t0
         for key, flops in (("fwd", useful), ("fwd_bwd", useful * FWD_BWD_FACTOR)):
             if f"{key}_s" in r:
@@ -309,7 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
     peak = matmul_peak_gflops(repeats=repeats)
     rows, results = [], []
     for L in max_lens:
-        row, res = run_length(L, samples=args.samples, seed=args.seed, budget_frac=args.budget_frac, repeats=repeats)
+        row, res = run_length(L, samples=args.samples, seed=args.seed, budget_frac=args.budget_frac, repeats=repeats, earlier=results)
         rows.append(row)
         results += res
     peak = max(peak, matmul_peak_gflops(repeats=repeats))  # before and after: a shared machine only ever slows it
