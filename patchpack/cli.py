@@ -95,6 +95,22 @@ def cmd_make_shards(args: argparse.Namespace) -> None:
         raise UserError(str(e)) from None
 
 
+# --------------------------------------------------------------------------- train
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from patchpack.train.options import ConfigError, load_config
+    from patchpack.train.train_config import TrainConfig
+    from patchpack.train.trainer import train
+
+    try:
+        cfg = load_config(TrainConfig, args.config, args.overrides)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    summary = train(cfg)
+    print({k: v for k, v in summary.items()})
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -120,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--per-caption", action="store_true", help="one sample per caption instead of all captions per sample")
     s.set_defaults(func=cmd_make_shards)
 
+    s = sub.add_parser("train", help="train the packed DiT from a YAML config plus key=value overrides")
+    s.add_argument("config", help="YAML file, e.g. configs/demo.yaml")
+    s.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. optim.lr=3e-4 loop.steps=50")
+    s.set_defaults(func=cmd_train)
+
     s = sub.add_parser("bench", help="run a benchmark script (extra args are passed through)")
     s.add_argument("which", choices=BENCHMARKS)
     s.add_argument("rest", nargs=argparse.REMAINDER)
@@ -136,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
     return 0
 
 

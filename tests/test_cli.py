@@ -33,3 +33,12 @@ def test_synth_then_make_shards_errors(tmp_path):
 def test_unknown_benchmark_is_rejected_by_the_parser():
     r = _run("bench", "nope")
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_train_config_errors_are_one_line(tmp_path):
+    r = _run("train", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and "config file not found" in r.stderr and "Traceback" not in r.stderr
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("loop:\n  stepz: 3\n")
+    r = _run("train", str(cfg))
+    assert r.returncode == 2 and "stepz" in r.stderr and "Traceback" not in r.stderr
