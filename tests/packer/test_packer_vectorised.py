@@ -1,8 +1,11 @@
-"""No per-token Python loops in packer/: a source check plus a wall-clock guard."""
+"""No per-token Python loops in packer/: a source check, plus a large video run end to end.
+
+Speed itself is measured in benchmarks/packing.py, not asserted here (a wall-clock
+bound in a unit test fails on a loaded machine for reasons unrelated to the code).
+"""
 
 import ast
 import pathlib
-import time
 
 import torch
 
@@ -39,13 +42,16 @@ def _names(expr):
     return [n.id for n in ast.walk(expr) if isinstance(n, ast.Name)] + [n.attr for n in ast.walk(expr) if isinstance(n, ast.Attribute)]
 
 
-def test_large_video_is_fast():
-    # 16 x 256 x 256 with 2x2 patches: 262144 tokens; a per-token Python loop takes seconds.
+def test_large_video_round_trips_through_the_vectorised_path():
+    # 16 x 256 x 256 with 2x2 patches: 262144 tokens.
     x = torch.randn(4, 16, 256, 256)
-    t0 = time.perf_counter()
     tokens, coords = patchify(x, (1, 2, 2))
     kept, kc = drop_tokens(tokens, coords, 0.5, generator=torch.Generator().manual_seed(0))
     y = unpatchify(kept, (16, 128, 128), (1, 2, 2), 4, kc)
     s = prepare_sample(x, config=PackerConfig(max_len=8192), generator=torch.Generator().manual_seed(0))
-    assert time.perf_counter() - t0 < 3.0
     assert y.shape == x.shape and len(s) <= 8192
+    kept_mask = torch.zeros(16, 128, 128, dtype=torch.bool)
+    kept_mask[kc[:, 0].long(), kc[:, 1].long(), kc[:, 2].long()] = True
+    assert kept_mask.sum() == len(kept) == len(tokens) // 2
+    full = unpatchify(tokens, (16, 128, 128), (1, 2, 2), 4)
+    assert torch.equal(full, x)
