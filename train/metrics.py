@@ -11,8 +11,9 @@ from typing import Any
 class MetricsLog:
     """Appends records to run_dir/metrics.jsonl; TensorBoard too when asked and installed."""
 
-    def __init__(self, path: str | Path, *, tensorboard_dir: str | Path | None = None):
+    def __init__(self, path: str | Path, *, console: bool = False, tensorboard_dir: str | Path | None = None):
         self.path = Path(path)
+        self.console = console
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", buffering=1)  # line-buffered: a crash keeps every full record
         self._tb = None
@@ -26,6 +27,8 @@ class MetricsLog:
     def log(self, step: int, record: dict[str, Any]) -> None:
         row = {"step": step, "time": round(time.time(), 3), **record}
         self._file.write(json.dumps(row) + "\n")
+        if self.console:
+            print(format_record(step, record), flush=True)
         if self._tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)):
@@ -35,6 +38,20 @@ class MetricsLog:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def format_record(step: int, record: dict[str, Any]) -> str:
+    """One console line: `step 120 | loss 0.4812 | lr 2.4e-04 | tokens_per_s 3,263 | ...`."""
+    parts = [f"step {step}"]
+    for k, v in record.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if v:  # non-numeric fields (skip counts, reasons) only when non-empty
+                parts.append(f"{k} {v}")
+        elif isinstance(v, int) or abs(v) >= 100:
+            parts.append(f"{k} {v:,.0f}")
+        else:
+            parts.append(f"{k} {v:.4g}")
+    return " | ".join(parts)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -135,7 +135,7 @@ def train(cfg: TrainConfig) -> dict:
             state["text"] = encoder.state_dict()
         return save_checkpoint(ckpt_dir, step, model_state=model.state_dict(), state=state, keep=lp.keep)
 
-    log = MetricsLog(run_dir / "metrics.jsonl")
+    log = MetricsLog(run_dir / "metrics.jsonl", console=True)
     start_step, nonfinite_run, stopped = step, 0, "steps"
     window = {"loss": 0.0, "steps": 0, "tokens": 0, "slots": 0, "samples": 0, "grad_norm": 0.0}
     t_window = time.perf_counter()

@@ -78,3 +78,14 @@ def test_ema_tracks_and_restores():
     assert torch.equal(other.weight, ema.shadow["weight"])
     with pytest.raises(ValueError, match="1.5"):
         EMA(model, decay=1.5)
+
+
+def test_metrics_jsonl_and_console_line(tmp_path, capsys):
+    from patchpack.train.metrics import MetricsLog, read_metrics
+
+    log = MetricsLog(tmp_path / "m.jsonl", console=True)
+    log.log(10, {"loss": 0.48123, "tokens_per_s": 3263.3, "skipped": {}, "reason": "nonfinite_loss"})
+    log.close()
+    assert capsys.readouterr().out.strip() == "step 10 | loss 0.4812 | tokens_per_s 3,263 | reason nonfinite_loss"
+    (row,) = read_metrics(tmp_path / "m.jsonl")
+    assert row["step"] == 10 and row["loss"] == 0.48123 and row["skipped"] == {}
