@@ -108,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     except ConfigError as e:
         raise UserError(str(e)) from None
     summary = train(cfg)
-    print({k: v for k, v in summary.items()})
+    print(summary)
 
 
 # --------------------------------------------------------------------------- main

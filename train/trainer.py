@@ -178,12 +178,12 @@ def train(cfg: TrainConfig) -> dict:
                 step += 1
                 last_loss = float(loss.detach())
 
-                valid = batch.valid
+                rows, row_len = batch.shape
                 window["loss"] += last_loss
                 window["grad_norm"] += grad_norm
                 window["steps"] += 1
-                window["tokens"] += int(valid.sum())
-                window["slots"] += valid.numel()
+                window["tokens"] += int(batch.num_tokens.sum())  # host-side bookkeeping: no device sync
+                window["slots"] += rows * row_len
                 window["samples"] += len(batch.meta)
                 if step % lp.log_every == 0 or step == lp.steps:
                     dt = max(time.perf_counter() - t_window, 1e-9)
