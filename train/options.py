@@ -20,10 +20,16 @@ class ConfigError(ValueError):
     """A config file or override that does not match the schema."""
 
 
-def load_config(schema: type[T], yaml_path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """merge(structured(schema), yaml, dotlist overrides) -> an instance of `schema`."""
+def load_config(schema: type[T], yaml_path: str | Path | None = None, overrides: list[str] | None = None, *,
+                yaml_text: str | None = None) -> T:
+    """merge(structured(schema), yaml file or yaml_text, dotlist overrides) -> an instance of `schema`.
+
+    yaml_text: the YAML itself instead of a file, e.g. the resolved config a checkpoint stores.
+    """
     if not is_dataclass(schema):
         raise TypeError(f"schema must be a dataclass type, got {schema!r}")
+    if yaml_path is not None and yaml_text is not None:
+        raise ValueError("pass yaml_path or yaml_text, not both")
     layers: list[Any] = [OmegaConf.structured(schema)]
     try:
         if yaml_path is not None:
@@ -31,6 +37,8 @@ def load_config(schema: type[T], yaml_path: str | Path | None = None, overrides:
             if not path.is_file():
                 raise ConfigError(f"config file not found: {path}")
             layers.append(OmegaConf.load(path))
+        if yaml_text is not None:
+            layers.append(OmegaConf.create(yaml_text))
         if overrides:
             bad = [o for o in overrides if "=" not in o]
             if bad:

@@ -110,18 +110,26 @@ def _shape(rng: random.Random, frames: int, h: int, w: int) -> tuple[np.ndarray,
     canvas[:] = BACKGROUNDS[bg]
     y0, x0 = rng.randrange(h - size + 1), rng.randrange(w - size + 1)
     canvas[y0:y0 + size, x0:x0 + size][mask] = COLOURS[colour]
-    name = f"the digit {obj}" if digit else f"a {obj}"
     attrs = {"kind": "digit" if digit else "shape", "object": obj, "colour": colour, "background": bg,
              "start_yx": [y0 + size // 2, x0 + size // 2]}
     if frames == 1:
-        return canvas[None], f"{name} in {colour} on a {bg} background", attrs
+        return canvas[None], shape_caption(obj, colour, bg), attrs
     direction, speed = rng.choice(list(DIRECTIONS)), rng.choice(list(SPEEDS))
     dy, dx = DIRECTIONS[direction]
     step = SPEEDS[speed] * (h if dy else w)  # pixels per frame
     video = np.stack([np.roll(canvas, (round(dy * step * t), round(dx * step * t)), axis=(0, 1))
                       for t in range(frames)])
-    caption = f"{name} in {colour} moving {direction} {'slowly' if speed == 'slow' else 'fast'} on a {bg} background"
+    caption = shape_caption(obj, colour, bg, direction=direction, speed=speed)
     return video, caption, attrs | {"direction": direction, "speed": speed, "pixels_per_frame": step}
+
+
+def shape_caption(obj: str | int, colour: str, background: str, *, direction: str | None = None,
+                  speed: str | None = None) -> str:
+    """The caption of a shape (circle/square/triangle) or digit (0-9) clip; no motion for an image."""
+    name = f"the digit {obj}" if isinstance(obj, int) else f"a {obj}"
+    if direction is None:
+        return f"{name} in {colour} on a {background} background"
+    return f"{name} in {colour} moving {direction} {'slowly' if speed == 'slow' else 'fast'} on a {background} background"
 
 
 def _shape_mask(shape: str, n: int) -> np.ndarray:
