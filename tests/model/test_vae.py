@@ -1,0 +1,138 @@
+"""The causal VAE: causality, shape rules, chunked == whole, overfitting a tiny clip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from patchpack.model.autoencoder import Autoencoder
+from patchpack.model.vae import CausalVAE, VAEConfig
+from patchpack.model.vae_loss import psnr, ssim, vae_loss
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _vae(**kw) -> CausalVAE:
+    torch.manual_seed(0)
+    return CausalVAE(VAEConfig(**{"widths": [8, 16], "latent_channels": 4, **kw})).eval()
+
+
+def _video(t: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(3, t, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_is_an_autoencoder():
+    assert isinstance(_vae(), Autoencoder)
+
+
+@pytest.mark.parametrize("temporal,spatial,widths", [(1, 4, [8, 16]), (4, 4, [8, 16]), (4, 8, [8, 8, 16])])
+def test_causal_latent_frames_ignore_later_frames(temporal, spatial, widths):
+    vae = _vae(temporal=temporal, spatial=spatial, widths=widths)
+    x = _video(1 + 3 * temporal, 16, 24)
+    z = vae.encode(x)
+    for k in range(z.shape[1] - 1):
+        y = x.clone()
+        y[:, k * temporal + 1 :] = _video(x.shape[1] - k * temporal - 1, 16, 24, seed=k + 1)  # frames after k's
+        zy = vae.encode(y)
+        assert torch.equal(zy[:, : k + 1], z[:, : k + 1]), f"latent frames <= {k} moved"
+        assert not torch.allclose(zy[:, k + 1 :], z[:, k + 1 :]), "later latent frames should move (non-vacuous)"
+    # the decoder is causal too: output frames of latent frames <= k ignore later latents
+    zz = z.clone()
+    zz[:, 2:] += 1.0
+    out, out2 = vae.decode(z), vae.decode(zz)
+    n = 1 + temporal  # frames made by latent frames 0 and 1
+    assert torch.equal(out[:, :n], out2[:, :n]) and not torch.equal(out[:, n:], out2[:, n:])
+
+
+@pytest.mark.parametrize("t,h,w", [(1, 16, 16), (1, 4, 12), (5, 8, 20), (9, 12, 4)])
+def test_shapes_for_images_and_odd_sizes(t, h, w):
+    vae = _vae(temporal=4)
+    z = vae.encode(_video(t, h, w))
+    assert tuple(z.shape) == (4, 1 + (t - 1) // 4, h // 4, w // 4)
+    assert tuple(vae.decode(z).shape) == (3, t, h, w)
+
+
+@pytest.mark.parametrize("t,h,w", [(4, 16, 16), (2, 16, 16), (5, 18, 16), (5, 16, 10), (0, 16, 16)])
+def test_bad_sizes_name_the_sizes(t, h, w):
+    vae = _vae(temporal=4)
+    with pytest.raises(ValueError, match=rf"T={t}|{h} x {w}"):
+        vae.encode(torch.zeros(3, t, h, w))
+
+
+def test_bad_configs():
+    with pytest.raises(ValueError, match="widths"):
+        VAEConfig(spatial=8, widths=[8, 16])
+    with pytest.raises(ValueError, match="spatial=3"):
+        VAEConfig(spatial=3)
+    with pytest.raises(ValueError, match="temporal=4"):
+        VAEConfig(spatial=2, temporal=4, widths=[8])
+
+
+@pytest.mark.parametrize("temporal", [1, 4])
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_chunked_equals_whole(temporal, chunk):
+    vae = _vae(temporal=temporal)
+    x = _video(1 + 6 * temporal if temporal > 1 else 7, 8, 12)
+    z = vae.encode(x)
+    zc = vae.encode(x, chunk=chunk)
+    torch.testing.assert_close(zc, z, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vae.decode(z, chunk=chunk), vae.decode(z), rtol=1e-5, atol=1e-5)
+    # the caches are cleared after a chunked call: a whole call still gives the same
+    torch.testing.assert_close(vae.encode(x), z, rtol=0, atol=0)
+
+
+def test_latent_scale_scales_the_latent_and_its_inverse():
+    vae = _vae()
+    x = _video(1, 8, 8)
+    z, out = vae.encode(x), vae.decode(vae.encode(x))
+    vae.config.latent_scale = 0.5
+    torch.testing.assert_close(vae.encode(x), 0.5 * z)
+    torch.testing.assert_close(vae.decode(0.5 * z), out)
+
+
+def test_ssim_and_psnr_sanity():
+    x = _video(2, 16, 16)
+    assert float(ssim(x[None], x[None])) == pytest.approx(1.0, abs=1e-5)
+    assert abs(float(ssim(x[None], _video(2, 16, 16, seed=9)[None]))) < 0.1  # independent noise
+    assert psnr(x, x) == float("inf")
+    x = 0.5 * x  # inside [-1, 1] after the shift: psnr clamps its first argument
+    assert psnr(x + 0.02, x) == pytest.approx(10 * torch.log10(torch.tensor(4 / 0.02**2)).item(), rel=1e-3)
+
+
+def _tiny_clip() -> torch.Tensor:
+    x = -torch.ones(3, 5, 16, 16)
+    for t in range(5):  # a red square moving right, a fading blue bar
+        x[0, t, 4:10, 2 + t : 8 + t] = 0.8
+        x[2, t, 8:14, 8:12] = 0.3 - 0.1 * t
+    return x
+
+
+def _overfit(steps: int, temporal: int) -> float:
+    torch.manual_seed(0)
+    vae = CausalVAE(VAEConfig(temporal=temporal, widths=[16, 32], latent_channels=8))
+    x = _tiny_clip()[:, : 5 if temporal == 4 else 3]
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3)
+    for _ in range(steps):
+        out = vae(x[None], sample=False)
+        loss = vae_loss(out.recon, x[None], out.mean, out.logvar, ssim_weight=0.2, kl_weight=1e-6).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    vae.eval()
+    return psnr(vae.decode(vae.encode(x)), x)
+
+
+def test_overfit_tiny_clip_fast():
+    start = _overfit(0, temporal=4)
+    assert _overfit(150, temporal=4) > max(22.0, start + 10.0)
+
+
+@pytest.mark.slow
+def test_overfit_tiny_clip_high_psnr():
+    assert _overfit(400, temporal=4) > 30.0
