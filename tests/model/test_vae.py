@@ -136,3 +136,32 @@ def test_overfit_tiny_clip_fast():
 @pytest.mark.slow
 def test_overfit_tiny_clip_high_psnr():
     assert _overfit(400, temporal=4) > 30.0
+
+
+def test_checkpoint_round_trip_and_pickle_refusal(tmp_path):
+    from patchpack.model.vae_checkpoint import load_vae, save_vae
+
+    vae = _vae(temporal=4)
+    vae.config.latent_scale = 0.7
+    save_vae(vae, tmp_path / "vae")
+    back = load_vae(tmp_path / "vae")
+    assert back.config == vae.config and not back.training
+    x = _video(5, 8, 8)
+    assert torch.equal(back.encode(x), vae.encode(x))
+    torch.save(vae.state_dict(), tmp_path / "vae" / "model.safetensors")
+    with pytest.raises(ValueError, match="refusing"):
+        load_vae(tmp_path / "vae")
+
+
+@pytest.mark.parametrize("size,kw,want", [
+    ((7, 30, 45), {}, (5, 28, 44)),
+    ((48, 144, 256), {"max_pixels": 64 * 64, "max_frames": 17}, (17, 48, 84)),
+    ((1, 16, 16), {"max_pixels": 1}, (1, 4, 4)),
+])
+def test_fit_to_vae_sizes(size, kw, want):
+    from patchpack.model.vae_fit import fit_to_vae
+
+    cfg = VAEConfig(temporal=4, widths=[8, 16])
+    out = fit_to_vae(torch.zeros(3, *size), config=cfg, **kw)
+    assert tuple(out.shape[1:]) == want
+    cfg.latent_shape(*want)  # accepted
