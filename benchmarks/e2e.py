@@ -1,0 +1,469 @@
+"""End-to-end training benchmark: useful tokens/s and loss per useful token, per batching.
+
+    python benchmarks/e2e.py [--quick] [--out DIR] [--seed N] [--steps N] [--max-len L] [--rows B]
+
+The same model (tiny DiT + tiny text encoder, fp32, one torch thread, the "cpu"
+attention backend), the same initial weights and the same compute budget under four
+ways of batching the same stream of synthetic clips (`train.synth.make_sample`):
+
+    packed (bfd)   our packer: online best fit with 16 open rows; several samples per row,
+                   each sample its own attention segment
+    pad-to-max     one sample per row, padded to L
+    buckets        Open-Sora-style: each clip resized to cover a (resolution, frames, aspect)
+                   bucket and centre-cropped; a row holds as many same-bucket samples as fit
+                   (the bucket table of benchmarks/packing.py, resolutions scaled to the clips)
+    next_fit       our packer with the NaViT greedy policy
+
+Compute budget: every batching runs the same number of optimizer steps of B rows x L
+token slots (forward + backward + AdamW, same LR schedule). Steps are interleaved round
+robin across the batchings, so load from other processes on a shared machine hits all
+four alike. Data preparation (clip synthesis, budget resize, patchify, bucket crops) and
+row planning happen before the timed loop; `pack` runs between steps, outside the timer.
+
+Metrics per batching:
+    useful tokens/s   non-padding tokens trained on / wall time of the timed steps (the first
+                      step, which allocates, is not timed); bucket crops are never counted,
+                      since they are not in the batch; `lost` is their share of the source
+    us/useful token   the inverse, in microseconds
+    fill              useful tokens / token slots
+    eval loss         flow loss of a held-out set of clips at fixed t and noise, every few
+                      steps; compared at equal useful tokens seen (linear interpolation at the
+                      smallest total any batching reached) and at equal steps (the end)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common and packing, run as a script
+
+from _common import machine_info, markdown_table, pass_fail, try_pyplot, write_json  # noqa: E402
+from packing import BUCKET_ASPECTS, BUCKET_FRAMES, BUCKET_RESOLUTIONS  # noqa: E402
+
+from patchpack.model import DiT, dit_config, flow_loss  # noqa: E402
+from patchpack.model.text import build_text_encoder, drop_captions  # noqa: E402
+from patchpack.packer import (  # noqa: E402
+    PackerConfig,
+    PatchedSample,
+    pack,
+    patch_grid,
+    patchify,
+    plan_packs,
+    prepare_sample,
+)
+from patchpack.packer.bins import make_engine  # noqa: E402
+from patchpack.train.decode import to_video_CTHW  # noqa: E402
+from patchpack.train.optim import adamw, warmup_cosine  # noqa: E402
+from patchpack.train.synth import make_sample  # noqa: E402
+
+PATCH = (1, 8, 8)  # pixel space: 3 x 8 x 8 = 192 features a token; a 64 px side is 8 tokens
+MAX_FRAMES = 8  # leading frames kept (1 s of the synth's 8 fps clips)
+BUFFER = 16  # open rows of the online packers
+RES_SCALE = 0.25  # Open-Sora's 144p..1080p classes x 1/4 = 36p..270p: the synth clips are 64-256 px
+LR, WARMUP, GRAD_CLIP, CAPTION_DROPOUT = 1e-3, 5, 1.0, 0.1
+LOSS_TOL = 0.02  # "equal" loss: within 2%, since a few held-out clips give a noisy estimate
+TARGETS = {"vs_pad": 1.5, "vs_buckets": 1.2}
+BATCHINGS = ("packed (bfd)", "pad-to-max", "buckets", "next_fit")
+
+
+# ---------------------------------------------------------------------------
+# Open-Sora-style buckets at the synthetic clips' scale (table: benchmarks/packing.py)
+# ---------------------------------------------------------------------------
+def bucket_grid(p: float, aspect_hw: float) -> tuple[int, int]:
+    """(rows, cols) of tokens of the bucket of area p x 16p/9 pixels at height/width aspect_hw."""
+    area = p * p * 16 / 9
+    return max(1, round(math.sqrt(area * aspect_hw) / PATCH[1])), max(1, round(math.sqrt(area / aspect_hw) / PATCH[2]))
+
+
+def assign_bucket(frames: int, height: int, width: int, *, budget: int) -> tuple[int, int, int] | None:
+    """The (frames, rows, cols) bucket keeping the most tokens, never upscaling the area; None if none fits.
+
+    As packing.assign_bucket: nearest aspect, then the (resolution, frames) pair with the
+    most tokens within the budget (deterministic, kinder to buckets than a random choice).
+    """
+    aspect = min(BUCKET_ASPECTS, key=lambda a: abs(math.log(a * width / height)))
+    native_area = (height // PATCH[1]) * (width // PATCH[2])
+    best, best_tokens = None, 0
+    for p in BUCKET_RESOLUTIONS:
+        rows, cols = bucket_grid(p * RES_SCALE, aspect)
+        if rows * cols > native_area:
+            break
+        for f in BUCKET_FRAMES:
+            tokens = f * rows * cols
+            if f <= min(frames, MAX_FRAMES) and tokens <= budget and tokens >= best_tokens:
+                best, best_tokens = (f, rows, cols), tokens
+    return best
+
+
+def bucket_sample(video_CTHW: torch.Tensor, bucket: tuple[int, int, int], *, key: str, meta: dict) -> PatchedSample:
+    """Keep the bucket's leading frames, resize to cover its size (aspect kept), centre-crop, patchify."""
+    frames, rows, cols = bucket
+    th, tw = rows * PATCH[1], cols * PATCH[2]
+    _, _, h, w = video_CTHW.shape
+    s = max(th / h, tw / w)
+    rh, rw = max(th, math.ceil(h * s)), max(tw, math.ceil(w * s))
+    x_TCHW = video_CTHW[:, :frames].transpose(0, 1)
+    x_TCHW = F.interpolate(x_TCHW, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (rh - th) // 2, (rw - tw) // 2
+    x_CTHW = x_TCHW[:, :, top : top + th, left : left + tw].transpose(0, 1).contiguous()
+    tokens, coords = patchify(x_CTHW, PATCH)
+    return PatchedSample(tokens, coords, patch_grid(frames, th, tw, PATCH), key=key, meta=meta)
+
+
+# ---------------------------------------------------------------------------
+# Data: one stream of clips, prepared once per batching's needs
+# ---------------------------------------------------------------------------
+@dataclass
+class Clip:
+    fit: PatchedSample  # budget-resized (prepare_sample): what packers and pad-to-max train on
+    bucket: PatchedSample | None  # bucket-cropped; None when no bucket fits (the clip is lost)
+
+
+def make_clip(rng: random.Random, gen: torch.Generator, *, cfg: PackerConfig, key: str) -> Clip:
+    frames_THWC, caption, _ = make_sample(rng)
+    frames_THWC = frames_THWC[:MAX_FRAMES]  # both paths keep only leading frames: convert no more
+    video_CTHW = to_video_CTHW(frames_THWC)
+    meta = {"caption": caption}
+    fit = prepare_sample(video_CTHW, config=cfg, generator=gen, key=key, meta=meta)
+    t, h, w = frames_THWC.shape[:3]
+    bucket = assign_bucket(t, h, w, budget=cfg.token_budget)
+    return Clip(fit, None if bucket is None else bucket_sample(video_CTHW, bucket, key=key, meta=meta))
+
+
+class RowFormer:
+    """Turns the clip stream into closed rows of L slots (lists of clip indices) for one batching.
+
+    Only closed rows are used: an endless training stream never emits the part-full rows a
+    finite one would flush at its end.
+    """
+
+    def __init__(self, name: str, max_len: int) -> None:
+        self.name, self.max_len = name, max_len
+        self.rows: list[list[int]] = []
+        self.engine = {"packed (bfd)": lambda: make_engine("bfd", max_len, open_bins=BUFFER),
+                       "next_fit": lambda: make_engine("next_fit", max_len)}.get(name, lambda: None)()
+        self.open_buckets: dict[tuple, list[int]] = {}
+
+    def sample(self, clip: Clip) -> PatchedSample | None:
+        return clip.bucket if self.name == "buckets" else clip.fit
+
+    def add(self, i: int, clip: Clip) -> None:
+        s = self.sample(clip)
+        if s is None:
+            return  # no bucket: lost
+        if self.engine is not None:
+            self.engine.add(i, len(s))
+            self.rows += self.engine.closed
+            self.engine.closed = []
+        elif self.name == "pad-to-max":
+            self.rows.append([i])
+        else:  # buckets: one open row per bucket, closed when the next sample would not fit
+            row = self.open_buckets.setdefault(s.grid, [])
+            row.append(i)
+            if (len(row) + 1) * len(s) > self.max_len:
+                self.rows.append(self.open_buckets.pop(s.grid))
+
+
+def make_stream(*, need_rows: int, seed: int, cfg: PackerConfig, max_clips: int) -> tuple[list[Clip], dict[str, RowFormer]]:
+    """Clips until every batching has `need_rows` closed rows."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    formers = {name: RowFormer(name, cfg.max_len) for name in BATCHINGS}
+    clips: list[Clip] = []
+    while min(len(f.rows) for f in formers.values()) < need_rows:
+        if len(clips) >= max_clips:
+            short = {n: len(f.rows) for n, f in formers.items()}
+            raise ValueError(f"{max_clips} clips gave too few rows {short} for {need_rows}; raise --max-clips")
+        clips.append(make_clip(rng, gen, cfg=cfg, key=f"train/{len(clips):05d}"))
+        for f in formers.values():
+            f.add(len(clips) - 1, clips[-1])
+    return clips, formers
+
+
+def step_batch(clips: list[Clip], former: RowFormer, step: int, rows: int):
+    """The PackedBatch of `rows` rows for one step, and the source tokens of its clips."""
+    bins = former.rows[step * rows : (step + 1) * rows]
+    samples = [former.sample(clips[i]) for b in bins for i in b]
+    local, k = [], 0
+    for b in bins:
+        local.append(list(range(k, k + len(b))))
+        k += len(b)
+    source = sum(len(clips[i].fit) for b in bins for i in b)
+    return pack(samples, local, former.max_len, rows=rows), source
+
+
+# ---------------------------------------------------------------------------
+# Training: one run per batching, same init
+# ---------------------------------------------------------------------------
+@dataclass
+class Run:
+    name: str
+    dit: DiT
+    encoder: nn.Module
+    params: nn.ModuleDict
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    gen: torch.Generator  # timesteps, noise, caption dropout
+    log: dict = field(default_factory=lambda: {"step_s": [], "useful": [], "slots": [], "source": [],
+                                               "samples": [], "train_loss": [], "eval": []})
+
+
+def make_run(name: str, *, seed: int, steps: int, depth: int | None) -> Run:
+    torch.manual_seed(seed)  # the same initial weights for every batching
+    encoder = build_text_encoder("tiny")
+    extra = {} if depth is None else {"depth": depth}
+    dit = DiT(dit_config("tiny", in_channels=3, patch=PATCH, text_dim=encoder.dim, attn_backend="cpu", **extra))
+    params = nn.ModuleDict({"dit": dit, "text": encoder}).train()
+    optimizer = adamw(params, lr=LR, weight_decay=0.0, betas=(0.9, 0.99))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, warmup=WARMUP, total=steps, min_ratio=0.1))
+    return Run(name, dit, encoder, params, optimizer, scheduler, torch.Generator().manual_seed(seed))
+
+
+def train_step(run: Run, batch) -> tuple[float, float]:
+    """One optimizer step; returns (loss, wall seconds of text encoder + DiT forward/backward + AdamW)."""
+    captions = drop_captions([m["caption"] for m in batch.meta], CAPTION_DROPOUT, generator=run.gen)
+    t0 = time.perf_counter()
+    text_tokens, text_lengths = run.encoder(captions)
+    loss = flow_loss(run.dit, batch, text_tokens, text_lengths, generator=run.gen).loss
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(run.params.parameters(), GRAD_CLIP)
+    run.optimizer.step()
+    run.scheduler.step()
+    seconds = time.perf_counter() - t0
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise RuntimeError(f"{run.name}: non-finite training loss {value}")
+    return value, seconds
+
+
+@dataclass
+class EvalSet:
+    batch: object  # PackedBatch of the held-out clips (budget-resized, whatever the batching trains on)
+    captions: list[str]
+    t_S: torch.Tensor  # fixed timesteps, spread over (0, 1)
+    seed: int  # fixed noise
+
+
+def make_eval_set(n: int, *, seed: int, cfg: PackerConfig) -> EvalSet:
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    samples = [make_clip(rng, gen, cfg=cfg, key=f"eval/{i:03d}").fit for i in range(n)]
+    plan = plan_packs([len(s) for s in samples], cfg.max_len, "ffd")
+    batch = pack(samples, plan, cfg.max_len)
+    return EvalSet(batch, [m["caption"] for m in batch.meta], torch.linspace(0.1, 0.9, n), seed)
+
+
+@torch.no_grad()
+def evaluate(run: Run, ev: EvalSet) -> float:
+    text_tokens, text_lengths = run.encoder(ev.captions)
+    gen = torch.Generator().manual_seed(ev.seed)
+    return float(flow_loss(run.dit, ev.batch, text_tokens, text_lengths, generator=gen, t_S=ev.t_S).loss)
+
+
+def train_all(clips: list[Clip], formers: dict[str, RowFormer], ev: EvalSet, *, steps: int, rows: int,
+              eval_every: int, seed: int, depth: int | None) -> list[Run]:
+    runs = [make_run(name, seed=seed, steps=steps, depth=depth) for name in BATCHINGS]
+    for run in runs:
+        run.log["eval"].append({"step": 0, "useful_tokens": 0, "loss": evaluate(run, ev)})
+    for step in range(steps):
+        for run in runs:  # round robin: machine load hits every batching alike
+            batch, source = step_batch(clips, formers[run.name], step, rows)
+            loss, seconds = train_step(run, batch)
+            lg = run.log
+            lg["step_s"].append(seconds)
+            lg["useful"].append(int(batch.num_tokens.sum()))
+            lg["slots"].append(batch.shape[0] * batch.shape[1])
+            lg["source"].append(source)
+            lg["samples"].append(batch.num_samples)
+            lg["train_loss"].append(loss)
+            if (step + 1) % eval_every == 0 or step + 1 == steps:
+                lg["eval"].append({"step": step + 1, "useful_tokens": sum(lg["useful"]), "loss": evaluate(run, ev)})
+        print(f"step {step + 1}/{steps}: " + "  ".join(f"{r.name} {r.log['train_loss'][-1]:.3f}" for r in runs), flush=True)
+    return runs
+
+
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
+def summarise(run: Run) -> dict:
+    lg = run.log
+    timed = slice(1, None) if len(lg["step_s"]) > 1 else slice(None)  # step 1 allocates: not timed
+    seconds, useful = sum(lg["step_s"][timed]), sum(lg["useful"][timed])
+    return {
+        "batching": run.name,
+        "steps": len(lg["step_s"]),
+        "useful_tokens": sum(lg["useful"]),
+        "slots": sum(lg["slots"]),
+        "samples": sum(lg["samples"]),
+        "fill": sum(lg["useful"]) / max(sum(lg["slots"]), 1),
+        "lost": 1 - sum(lg["useful"]) / max(sum(lg["source"]), 1),  # crops: only buckets lose source tokens
+        "timed_seconds": seconds,
+        "useful_tokens_per_s": useful / seconds,
+        "slots_per_s": sum(lg["slots"][timed]) / seconds,
+        "us_per_useful_token": 1e6 * seconds / useful,
+        "median_step_s": float(np.median(lg["step_s"][timed])),
+        "final_eval_loss": lg["eval"][-1]["loss"],
+        "eval": lg["eval"],
+        "train_loss": lg["train_loss"],
+        "useful_per_step": lg["useful"],
+        "step_seconds": lg["step_s"],
+    }
+
+
+def add_equal_token_loss(results: list[dict]) -> int:
+    """Eval loss of each batching interpolated at the smallest useful-token total any reached."""
+    common = min(r["useful_tokens"] for r in results)
+    for r in results:
+        xs = [e["useful_tokens"] for e in r["eval"]]
+        r["eval_loss_at_common_tokens"] = float(np.interp(common, xs, [e["loss"] for e in r["eval"]]))
+    return common
+
+
+def evaluate_targets(get: dict[str, dict]) -> list[list[str]]:
+    p = get["packed (bfd)"]
+    out = []
+    for base, key, label in (("pad-to-max", "vs_pad", "pad-to-max"), ("buckets", "vs_buckets", "buckets")):
+        b = get[base]
+        ratio = p["useful_tokens_per_s"] / b["useful_tokens_per_s"]
+        out.append([f"packed >= {TARGETS[key]}x {label} in useful tokens/s", f"{ratio:.2f}x", pass_fail(ratio >= TARGETS[key])])
+        lp, lb = p["eval_loss_at_common_tokens"], b["eval_loss_at_common_tokens"]
+        out.append([f"packed eval loss <= {label} at equal useful tokens (+{100 * LOSS_TOL:.0f}% tol)",
+                    f"{lp:.4f} vs {lb:.4f} ({lp / lb:.3f}x)", pass_fail(lp <= lb * (1 + LOSS_TOL))])
+    return out
+
+
+def results_table(results: list[dict], common: int) -> str:
+    get = {r["batching"]: r for r in results}
+    p = get["packed (bfd)"]
+    rows = []
+    for r in results:
+        rows.append([
+            r["batching"], f"{r['useful_tokens_per_s']:,.0f}", f"{r['us_per_useful_token']:.0f}",
+            f"{p['useful_tokens_per_s'] / r['useful_tokens_per_s']:.2f}x", f"{100 * r['fill']:.1f}%",
+            f"{100 * r['lost']:.1f}%", f"{r['slots_per_s']:,.0f}", r["samples"], f"{r['useful_tokens']:,}",
+            f"{r['eval_loss_at_common_tokens']:.4f}", f"{r['final_eval_loss']:.4f}",
+        ])  # fmt: skip
+    headers = ["batching", "useful tok/s", "us/useful tok", "packed / this", "fill", "lost", "slots/s",
+               "samples", "useful tokens", f"eval loss @ {common:,} tok", "eval loss @ end"]
+    return markdown_table(headers, rows)
+
+
+def plot(results: list[dict], common: int, path: Path) -> Path | None:
+    plt = try_pyplot()
+    if plt is None:
+        return None
+    colours = {"packed (bfd)": "#36c", "pad-to-max": "#999", "buckets": "#c84", "next_fit": "#4a7"}
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = [r["batching"] for r in results]
+    vals = [r["useful_tokens_per_s"] for r in results]
+    ax0.bar(range(len(names)), vals, color=[colours[n] for n in names])
+    for i, r in enumerate(results):
+        ax0.text(i, vals[i], f"fill {100 * r['fill']:.0f}%", ha="center", va="bottom", fontsize=8)
+    ax0.set_xticks(range(len(names)), names, fontsize=8)
+    ax0.set_ylabel("useful tokens / s (fwd + bwd + AdamW)")
+    ax0.set_title("throughput, same slots per step")
+    for r in results:
+        ax1.plot([e["useful_tokens"] for e in r["eval"]], [e["loss"] for e in r["eval"]], "o-", ms=3,
+                 color=colours[r["batching"]], label=r["batching"])
+    ax1.axvline(common, color="k", lw=0.8, ls="--")
+    ax1.set_xlabel("useful tokens seen")
+    ax1.set_ylabel("held-out flow loss (fixed t, noise)")
+    ax1.set_title("loss vs useful tokens")
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke size (< 30 s on 2 cores)")
+    p.add_argument("--out", type=Path, default=Path("bench_results"), help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per batching (default 4 quick, 48 full)")
+    p.add_argument("--max-len", type=int, default=None, help="L, token slots per row (default 512 quick, 1024 full)")
+    p.add_argument("--rows", type=int, default=2, help="rows per step")
+    p.add_argument("--eval-every", type=int, default=None, help="steps between held-out evals (default 2 quick, 6 full)")
+    p.add_argument("--eval-clips", type=int, default=None, help="held-out clips (default 4 quick, 8 full)")
+    p.add_argument("--depth", type=int, default=None, help="DiT depth (default: the tiny preset's; 2 quick)")
+    p.add_argument("--max-clips", type=int, default=5000, help="stop with an error if the stream needs more clips")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    steps = args.steps or (4 if args.quick else 48)
+    max_len = args.max_len or (512 if args.quick else 1024)
+    eval_every = args.eval_every or (2 if args.quick else 6)
+    eval_clips = args.eval_clips or (4 if args.quick else 8)
+    depth = args.depth if args.depth is not None else (2 if args.quick else None)
+    if min(steps, max_len, args.rows, eval_every, eval_clips) < 1:
+        raise ValueError(f"steps, max_len, rows, eval_every, eval_clips must be >= 1: {steps}, {max_len}, "
+                         f"{args.rows}, {eval_every}, {eval_clips}")
+    torch.set_num_threads(1)
+    t_start = time.perf_counter()
+
+    cfg = PackerConfig(patch=PATCH, max_len=max_len, max_frames=MAX_FRAMES)  # budget = L
+    clips, formers = make_stream(need_rows=steps * args.rows, seed=args.seed, cfg=cfg, max_clips=args.max_clips)
+    ev = make_eval_set(eval_clips, seed=args.seed + 10_000, cfg=cfg)
+    prep_s = time.perf_counter() - t_start
+    runs = train_all(clips, formers, ev, steps=steps, rows=args.rows, eval_every=eval_every, seed=args.seed, depth=depth)
+
+    results = [summarise(r) for r in runs]
+    common = add_equal_token_loss(results)
+    get = {r["batching"]: r for r in results}
+    targets = evaluate_targets(get)
+    p = get["packed (bfd)"]
+    ratios = {f"packed/{n}": p["useful_tokens_per_s"] / get[n]["useful_tokens_per_s"] for n in BATCHINGS[1:]}
+    n_params = sum(x.numel() for x in runs[0].params.parameters())
+    head = (f"# end-to-end benchmark: {steps} steps x {args.rows} rows x L={max_len} slots per batching, "
+            f"tiny DiT depth {runs[0].dit.config.depth} + tiny text encoder ({n_params / 1e6:.2f}M params), "
+            f"fp32, torch threads 1, attn cpu; patch {PATCH} on pixels, <= {MAX_FRAMES} frames, budget L; "
+            f"{len(clips)} synthetic clips streamed (prepared in {prep_s:.1f} s), {eval_clips} held out")
+    report = "\n\n".join([
+        f"## Same compute: {steps} steps of {args.rows} x {max_len} slots, steps interleaved\n\n{results_table(results, common)}",
+        "## Targets\n\n" + markdown_table(["target", "measured", "result"], targets),
+    ])
+    print(head)
+    print(f"machine: {machine_info()}\n")
+    print(report)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "benchmark": "e2e",
+        "config": {"quick": args.quick, "seed": args.seed, "steps": steps, "rows": args.rows, "max_len": max_len,
+                   "slots_per_step": args.rows * max_len, "budget": cfg.token_budget, "patch": PATCH,
+                   "max_frames": MAX_FRAMES, "buffer": BUFFER, "depth": runs[0].dit.config.depth, "params": n_params,
+                   "lr": LR, "warmup": WARMUP, "grad_clip": GRAD_CLIP, "caption_dropout": CAPTION_DROPOUT,
+                   "eval_every": eval_every, "eval_clips": eval_clips, "eval_tokens": int(ev.batch.num_tokens.sum()),
+                   "bucket_res_scale": RES_SCALE, "loss_tol": LOSS_TOL,
+                   "compute_budget": "same optimizer steps of rows x max_len slots; steps interleaved round robin"},
+        "machine": machine_info(),
+        "clips": len(clips),
+        "common_useful_tokens": common,
+        "ratios_useful_tokens_per_s": ratios,
+        "results": results,
+        "targets": [{"target": t, "measured": m, "result": r} for t, m, r in targets],
+        "seconds": time.perf_counter() - t_start,
+    }
+    write_json(args.out / "e2e.json", payload)
+    (args.out / "e2e.md").write_text(head + "\n\n" + report + "\n")
+    png = plot(results, common, args.out / "e2e.png")
+    print(f"\nwrote {args.out / 'e2e.json'}, {args.out / 'e2e.md'}" + (f", {png}" if png else "") + f" in {payload['seconds']:.1f} s")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
