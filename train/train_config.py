@@ -71,6 +71,15 @@ class LoopOptions:
     num_workers: int = 0  # DataLoader workers; 0 resumes bitwise, > 0 resumes at shard positions
     threads: int = 2  # torch.set_num_threads
     caption_dropout: float = 0.1  # p of the null caption "" (classifier-free guidance)
+    # console and TensorBoard (metrics.jsonl is always written, by rank 0)
+    progress: bool = True  # a tqdm bar on a TTY; records are printed above it either way
+    tensorboard: bool = False  # also write run_dir/tb (needs the tensorboard package)
+    # devices and parallelism (train/parallel.py, train/distributed.py)
+    device: str = "auto"  # "auto": cuda:LOCAL_RANK when CUDA is available, else cpu
+    parallel: str = "ddp"  # under torchrun: "ddp"; "fsdp" (FSDP2) is refused, not wired yet
+    precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; "fp32" | "bf16"
+    grad_checkpointing: bool = False  # recompute each DiT block in backward: ~1 extra forward, less memory
+    compile: bool = False  # torch.compile each DiT block (first steps pay the compile time)
 
 
 @dataclass

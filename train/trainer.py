@@ -1,11 +1,25 @@
 """The training loop: PackedStream -> caption dropout -> text encoder -> flow loss -> AdamW.
 
-One process, fp32 on CPU (torchrun/DDP is not wired yet). Every state that shapes the
-next step is checkpointed, so a resume with `loop.num_workers=0` continues bitwise:
-weights (DiT in model.safetensors, a trainable text encoder in the state), EMA,
-optimizer, scheduler, the data stream, the torch RNG and the loop's own generator
-(timesteps, noise and caption dropout). SIGTERM saves a checkpoint at the next step
-boundary and returns instead of dying mid-write.
+One process, or one per device under torchrun (DDP; train/distributed.py). Every state
+that shapes the next step is checkpointed, so a resume with `loop.num_workers=0`
+continues bitwise: weights (DiT in model.safetensors, a trainable text encoder in the
+state), EMA, optimizer, scheduler, and per rank the data stream, the torch RNG and the
+loop's own generators (timesteps, noise and caption dropout). SIGTERM saves a checkpoint
+at the next step boundary and returns instead of dying mid-write.
+
+Data parallelism. DDP wraps `FlowObjective`, a small module that owns the trained parts
+(the DiT and, when trainable, the text encoder) and returns the flow loss for (batch,
+captions). Wrapping the DiT alone would not do: the trainable encoder runs outside it
+and its gradients would never be averaged; all-reducing gradients by hand would
+duplicate DDP's bucketing and its overlap of communication with backward.
+Each rank's loss is the mean over its own valid tokens and DDP averages gradients over
+ranks, so the step follows the mean of per-rank means (rows are full, so close to the
+global token mean).
+
+Only rank 0 writes metrics and checkpoints. The per-rank parts of a checkpoint (data
+stream, RNG) are gathered to rank 0 and saved as `state["ranks"][r]`; every rank loads
+the whole checkpoint on resume and takes its own entry, so a resume needs the same
+world size (and a filesystem every node can read).
 """
 
 from __future__ import annotations
@@ -19,12 +33,30 @@ import torch
 from torch import nn
 
 from patchpack.model import DiT, dit_config, flow_loss
+from patchpack.model.flow import FlowConfig, sample_timesteps
 from patchpack.model.text import build_text_encoder, drop_captions
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .metrics import MetricsLog
+from .distributed import (
+    DistInfo,
+    any_rank,
+    barrier,
+    close_distributed,
+    gather_to_main,
+    init_distributed,
+    sum_ranks,
+)
+from .metrics import MetricsLog, Progress
 from .optim import EMA, adamw, warmup_cosine
 from .options import to_yaml
+from .parallel import (
+    apply_compile,
+    apply_grad_checkpointing,
+    autocast,
+    autocast_dtype,
+    wrap_data_parallel,
+)
+from .skips import merge_counts
 from .stream import PackedStream
 from .train_config import TrainConfig
 
@@ -45,6 +77,23 @@ def _trained(model: DiT, encoder: nn.Module) -> nn.ModuleDict:
     if getattr(encoder, "trainable", False):
         parts["text"] = encoder
     return nn.ModuleDict(parts)
+
+
+class FlowObjective(nn.Module):
+    """(batch, captions) -> FlowLoss, with every trained parameter inside: what DDP wraps."""
+
+    def __init__(self, trained: nn.ModuleDict, encoder: nn.Module, *, amp_dtype: torch.dtype | None):
+        super().__init__()
+        self.trained = trained
+        # a frozen encoder is kept off the module tree: DDP would broadcast it for nothing
+        self.__dict__["encoder"] = encoder
+        self.amp_dtype = amp_dtype
+
+    def forward(self, batch, captions: list[str], t_S: torch.Tensor, generator: torch.Generator):
+        device = batch.tokens.device
+        with autocast(device, self.amp_dtype):
+            text_tokens, text_lengths = self.encoder(captions)
+            return flow_loss(self.trained["dit"], batch, text_tokens, text_lengths, generator=generator, t_S=t_S)
 
 
 class _StopFlag:
@@ -87,32 +136,131 @@ def _check(cfg: TrainConfig) -> None:
         raise ValueError(f"loop steps/log_every/ckpt_every/keep/max_nonfinite/threads must be >= 1: {lp}")
     if not cfg.data.shards:
         raise ValueError("data.shards is empty: point it at a directory of .tar shards")
+    if lp.parallel not in ("ddp", "fsdp"):
+        raise ValueError(f"loop.parallel must be 'ddp' or 'fsdp', got {lp.parallel!r}")
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """Rank 0 keeps the configured seed (a 1-process run is unchanged); others get their own."""
+    return seed + 1_000_003 * rank
+
+
+class _Generators:
+    """The loop's RNG: `cpu` draws caption dropout and timesteps, `noise` the flow noise
+    (the same generator on CPU; one on the device under CUDA, so noise is drawn there)."""
+
+    def __init__(self, seed: int, device: torch.device) -> None:
+        self.cpu = torch.Generator().manual_seed(seed)
+        self.noise = self.cpu if device.type == "cpu" else torch.Generator(device).manual_seed(seed + 1)
+        self.device = device
+
+    def state(self) -> dict:
+        s = {"torch": torch.get_rng_state(), "loop": self.cpu.get_state()}
+        if self.device.type == "cuda":
+            s["noise"] = self.noise.get_state()
+            s["cuda"] = torch.cuda.get_rng_state(self.device)
+        return s
+
+    def load(self, s: dict) -> None:
+        torch.set_rng_state(s["torch"])
+        self.cpu.set_state(s["loop"])
+        if self.device.type == "cuda" and "noise" in s:
+            self.noise.set_state(s["noise"])
+            torch.cuda.set_rng_state(s["cuda"], self.device)
+
+
+def _rank_entry(state: dict, info: DistInfo) -> dict:
+    """This rank's data and RNG state from a checkpoint (older 1-process layout included)."""
+    ranks = state.get("ranks")
+    if ranks is None:  # checkpoints written before multi-process training
+        ranks = [{"data": state["data"], "rng": state["rng"]}]
+    if len(ranks) != info.world_size:
+        raise ValueError(f"checkpoint was written by {len(ranks)} ranks, resuming with world_size="
+                         f"{info.world_size}: resume with the same number of processes")
+    return ranks[info.rank]
+
+
+class _Window:
+    """Sums between two metric records, reduced over ranks when one is written."""
+
+    KEYS = ("loss", "grad_norm", "steps", "tokens", "slots", "samples")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = dict.fromkeys(self.KEYS, 0.0)
+        self.t0 = time.perf_counter()
+
+    def add(self, *, loss: float, grad_norm: float, batch) -> None:
+        rows, row_len = batch.shape
+        s = self.sums
+        s["loss"] += loss
+        s["grad_norm"] += grad_norm
+        s["steps"] += 1
+        s["tokens"] += int(batch.num_tokens.sum())  # host-side bookkeeping: no device sync
+        s["slots"] += rows * row_len
+        s["samples"] += len(batch.meta)
+
+    def record(self, info: DistInfo, *, lr: float, skips: dict, nonfinite_total: int) -> dict | None:
+        """The record over all ranks (on rank 0; None elsewhere). Collective: every rank calls it."""
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        total = dict(zip(self.KEYS, sum_ranks(info, [self.sums[k] for k in self.KEYS])))
+        all_skips = gather_to_main(info, skips)
+        self.reset()
+        if not info.is_main:
+            return None
+        n = max(total["steps"], 1)  # steps summed over ranks: world_size x local steps
+        return {
+            "loss": total["loss"] / n,  # mean over steps and ranks
+            "lr": lr,
+            "grad_norm": total["grad_norm"] / n,  # the same on every rank (after DDP's all-reduce)
+            "tokens_per_s": total["tokens"] / dt,  # useful (non-padding) tokens, all ranks
+            "fill": total["tokens"] / max(total["slots"], 1),
+            "samples_per_s": total["samples"] / dt,
+            "skipped": merge_counts(all_skips),
+            "nonfinite_total": nonfinite_total,
+            "world_size": info.world_size,
+        }
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) training to cfg.loop.steps; returns a summary dict."""
+    """Run (or resume) training to cfg.loop.steps; returns a summary dict (on every rank)."""
     _check(cfg)
+    info = init_distributed(device=cfg.loop.device)
+    try:
+        return _train(cfg, info)
+    finally:
+        close_distributed(info)
+
+
+def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     lp, op = cfg.loop, cfg.optim
     torch.set_num_threads(lp.threads)
+    device = info.device
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    run_dir.mkdir(parents=True, exist_ok=True)
     config_yaml = to_yaml(cfg)
-    (run_dir / "config.yaml").write_text(config_yaml)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_yaml)
+    amp_dtype = autocast_dtype(lp.precision, device)
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model, encoder = build_models(cfg)
+    model.to(device)
+    encoder.to(device)
     trained = _trained(model, encoder).train()
     optimizer = adamw(trained, lr=op.lr, weight_decay=op.weight_decay, betas=tuple(op.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, warmup=op.warmup, total=lp.steps, min_ratio=op.min_lr_ratio))
     ema = EMA(trained, decay=lp.ema_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)  # timesteps, noise, caption dropout
-    stream = PackedStream(cfg.data, cfg.packer.build())
+    gens = _Generators(_rank_seed(cfg.seed, info.rank), device)
+    stream = PackedStream(cfg.data, cfg.packer.build(), rank=info.rank, world_size=info.world_size)
 
     step, nonfinite_total = 0, 0
     resume = _resume_path(cfg, ckpt_dir)
-    if resume is not None:
+    if resume is not None:  # every rank reads the same checkpoint
         step, model_state, state = load_checkpoint(resume)
         model.load_state_dict(model_state)
         if "text" in trained:
@@ -120,53 +268,80 @@ def train(cfg: TrainConfig) -> dict:
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        stream.load_state_dict(state["data"])
-        torch.set_rng_state(state["rng"]["torch"])
-        gen.set_state(state["rng"]["loop"])
+        mine = _rank_entry(state, info)
+        stream.load_state_dict(mine["data"])
+        gens.load(mine["rng"])
         nonfinite_total = int(state["nonfinite"])
 
-    def checkpoint() -> Path:
-        state = {
-            "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "data": stream.state_dict(), "rng": {"torch": torch.get_rng_state(), "loop": gen.get_state()},
-            "nonfinite": nonfinite_total, "config": config_yaml,
-        }
-        if "text" in trained:
-            state["text"] = encoder.state_dict()
-        return save_checkpoint(ckpt_dir, step, model_state=model.state_dict(), state=state, keep=lp.keep)
+    # knobs from the outside, after loading (none of them renames a parameter)
+    if lp.grad_checkpointing:
+        apply_grad_checkpointing(model)
+    if lp.compile:
+        apply_compile(model)
+    objective = wrap_data_parallel(FlowObjective(trained, encoder, amp_dtype=amp_dtype), info,
+                                   parallel=lp.parallel)
+    flow_cfg = FlowConfig()
 
-    log = MetricsLog(run_dir / "metrics.jsonl", console=True)
+    def checkpoint() -> Path | None:
+        """Collective: rank 0 writes, the others wait until the checkpoint is in place."""
+        ranks = gather_to_main(info, {"data": stream.state_dict(), "rng": gens.state()})
+        path = None
+        if info.is_main:
+            state = {
+                "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "ranks": ranks, "world_size": info.world_size,
+                "nonfinite": nonfinite_total, "config": config_yaml,
+            }
+            if "text" in trained:
+                state["text"] = encoder.state_dict()
+            path = save_checkpoint(ckpt_dir, step, model_state=model.state_dict(), state=state, keep=lp.keep)
+        barrier(info)
+        return path
+
+    log = None
+    if info.is_main:
+        bar = Progress(total=lp.steps, initial=step, enabled=lp.progress)
+        log = MetricsLog(run_dir / "metrics.jsonl", console=True, bar=bar,
+                         tensorboard_dir=run_dir / "tb" if lp.tensorboard else None)
     start_step, nonfinite_run, stopped = step, 0, "steps"
-    window = {"loss": 0.0, "steps": 0, "tokens": 0, "slots": 0, "samples": 0, "grad_norm": 0.0}
-    t_window = time.perf_counter()
+    window = _Window()
     last_loss = math.nan
     saved_at = -1
     try:
         with _StopFlag() as stop:
             batches = stream.loader(num_workers=lp.num_workers)
             while step < lp.steps:
-                if stop.set:
+                # agree before reading a batch, so the saved data state is exactly "before it"
+                if any_rank(info, [stop.set])[0]:
                     stopped = "sigterm"
                     break
                 batch = next(batches, None)
-                if batch is None:
+                out = None
+                if batch is not None:
+                    if device.type != "cpu":
+                        batch = batch.to(device, non_blocking=True)
+                    captions = drop_captions([m["caption"] for m in batch.meta], lp.caption_dropout,
+                                             generator=gens.cpu)
+                    t_S = sample_timesteps(batch.grid, config=flow_cfg, generator=gens.cpu)
+                    out = objective(batch, captions, t_S, gens.noise)
+                exhausted, bad_loss = any_rank(info, [batch is None, out is not None and
+                                                      not bool(torch.isfinite(out.loss))])
+                if exhausted:
                     stopped = "data_exhausted"
                     break
-                captions = drop_captions([m["caption"] for m in batch.meta], lp.caption_dropout, generator=gen)
-                text_tokens, text_lengths = encoder(captions)
-                loss = flow_loss(model, batch, text_tokens, text_lengths, generator=gen).loss
                 optimizer.zero_grad(set_to_none=True)
-                reason = None if torch.isfinite(loss) else "nonfinite_loss"
+                reason = "nonfinite_loss" if bad_loss else None
                 if reason is None:
-                    loss.backward()
+                    out.loss.backward()  # DDP all-reduces (averages) gradients here
                     clip = op.grad_clip if op.grad_clip > 0 else math.inf
                     grad_norm = float(torch.nn.utils.clip_grad_norm_(trained.parameters(), clip))
                     reason = None if math.isfinite(grad_norm) else "nonfinite_grad"
-                if reason is not None:  # skip: no optimizer, scheduler or EMA step
+                if reason is not None:  # skip on every rank: no optimizer, scheduler or EMA step
                     optimizer.zero_grad(set_to_none=True)
                     nonfinite_total += 1
                     nonfinite_run += 1
-                    log.log(step, {"skipped_step": reason, "nonfinite_total": nonfinite_total})
+                    if log is not None:
+                        log.log(step, {"skipped_step": reason, "nonfinite_total": nonfinite_total})
                     if nonfinite_run >= lp.max_nonfinite:
                         raise RuntimeError(f"{nonfinite_run} non-finite steps in a row at step {step} "
                                            f"(last: {reason}); stopping (loop.max_nonfinite={lp.max_nonfinite})")
@@ -176,37 +351,23 @@ def train(cfg: TrainConfig) -> dict:
                 scheduler.step()
                 ema.update(trained)
                 step += 1
-                last_loss = float(loss.detach())
-
-                rows, row_len = batch.shape
-                window["loss"] += last_loss
-                window["grad_norm"] += grad_norm
-                window["steps"] += 1
-                window["tokens"] += int(batch.num_tokens.sum())  # host-side bookkeeping: no device sync
-                window["slots"] += rows * row_len
-                window["samples"] += len(batch.meta)
+                last_loss = float(out.loss.detach())
+                window.add(loss=last_loss, grad_norm=grad_norm, batch=batch)
+                if log is not None:
+                    log.bar.update(step, last_loss)
                 if step % lp.log_every == 0 or step == lp.steps:
-                    dt = max(time.perf_counter() - t_window, 1e-9)
-                    n = window["steps"]
-                    log.log(step, {
-                        "loss": window["loss"] / n if n > 1 else last_loss,
-                        "lr": scheduler.get_last_lr()[0],
-                        "grad_norm": window["grad_norm"] / n,
-                        "tokens_per_s": window["tokens"] / dt,  # useful (non-padding) tokens
-                        "fill": window["tokens"] / max(window["slots"], 1),
-                        "samples_per_s": window["samples"] / dt,
-                        "skipped": stream.skips,
-                        "nonfinite_total": nonfinite_total,
-                    })
-                    window = dict.fromkeys(window, 0)
-                    t_window = time.perf_counter()
+                    record = window.record(info, lr=scheduler.get_last_lr()[0], skips=stream.skips,
+                                           nonfinite_total=nonfinite_total)
+                    if log is not None:
+                        log.log(step, record)
                 if step % lp.ckpt_every == 0:
                     checkpoint()
                     saved_at = step
         if saved_at != step:
             checkpoint()
     finally:
-        log.close()
+        if log is not None:
+            log.close()
     return {"step": step, "start_step": start_step, "loss": last_loss, "stopped": stopped,
             "nonfinite": nonfinite_total, "skipped": stream.skips, "run_dir": str(run_dir),
-            "checkpoint": str(latest_checkpoint(ckpt_dir))}
+            "checkpoint": str(latest_checkpoint(ckpt_dir)), "rank": info.rank, "world_size": info.world_size}

@@ -1,0 +1,103 @@
+"""GPU knobs applied to an already-built model from the outside (as torchtitan does):
+activation checkpointing and torch.compile per DiT block, autocast precision, and the
+data-parallel wrapper. Model code knows nothing of them, and none of them renames a
+parameter, so checkpoints load the same with or without any knob.
+
+Reference: pytorch/torchtitan `parallelize` (apply_ac, apply_compile, apply_ddp/fsdp).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .distributed import DistInfo
+
+
+def apply_grad_checkpointing(model: nn.Module) -> int:
+    """Recompute each DiT block's activations in backward instead of storing them.
+
+    Costs about one extra forward per step and saves the blocks' activations (the bulk
+    of memory at long max_len). Patches each block's `forward` on the instance, so the
+    state_dict keys stay `blocks.N.*`. Returns the number of blocks wrapped.
+    """
+    blocks = _blocks(model)
+    for block in blocks:
+        if getattr(block, "_patchpack_checkpointed", False):
+            continue
+        inner = block.forward
+
+        def forward(*args, _inner=inner, **kw):
+            # non-reentrant: works with kwargs, NamedTuple inputs and torch.compile
+            return checkpoint(_inner, *args, use_reentrant=False, **kw)
+
+        block.forward = forward
+        block._patchpack_checkpointed = True
+    return len(blocks)
+
+
+def apply_compile(model: nn.Module) -> int:
+    """torch.compile each DiT block in place (`nn.Module.compile`: keys unchanged).
+
+    Per block rather than the whole model: the blocks are identical, so one compiled
+    graph is reused depth times, and packing's varying segment counts only recompile a
+    block (dynamic shapes), not the embedding and loss glue.
+    """
+    blocks = _blocks(model)
+    for block in blocks:
+        block.compile(dynamic=True)
+    return len(blocks)
+
+
+def _blocks(model: nn.Module) -> nn.ModuleList:
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
+        raise ValueError(f"{type(model).__name__} has no `blocks` ModuleList to wrap")
+    return blocks
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """loop.precision -> the autocast dtype, or None for plain fp32.
+
+    auto: bf16 on CUDA, fp32 on CPU. bf16 on CPU runs (autocast works there) but is
+    usually slower than fp32 on CPU, so it is allowed only when asked, with a warning.
+    """
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"loop.precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if device.type != "cuda":
+        warnings.warn("loop.precision=bf16 on CPU: autocast runs, but usually slower than fp32", stacklevel=2)
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def wrap_data_parallel(module: nn.Module, info: DistInfo, *, parallel: str) -> nn.Module:
+    """DDP around `module` when there is more than one rank; the module itself otherwise.
+
+    FSDP2 (`fully_shard`) is not wired: the EMA, the checkpoint writer and the resume
+    all assume full, unsharded tensors on every rank. Asking for it is an error, not a
+    silent fallback to DDP.
+    """
+    if parallel == "fsdp":
+        raise ValueError("loop.parallel=fsdp is not supported yet (EMA and checkpoints need full "
+                         "tensors on every rank); use loop.parallel=ddp")
+    if parallel != "ddp":
+        raise ValueError(f"loop.parallel must be 'ddp' or 'fsdp', got {parallel!r}")
+    if not info.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    # broadcast_buffers=False: the DiT's buffers (RoPE tables) are constants, equal on every
+    # rank; a per-forward broadcast would only cost time.
+    return DDP(module, device_ids=ids, broadcast_buffers=False)
