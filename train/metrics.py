@@ -59,14 +59,15 @@ class Progress:
     print otherwise. The bar is drawn only on a terminal, never into a log file.
     """
 
-    def __init__(self, *, total: int, initial: int = 0, enabled: bool = True, stream=None):
+    def __init__(self, *, total: int, initial: int = 0, enabled: bool = True, stream=None,
+                 mininterval: float = 0.5):
         self.stream = stream or sys.stderr
         self._bar = None
         if enabled and self.stream.isatty():
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
-                             file=self.stream, leave=False)
+                             file=self.stream, leave=False, mininterval=mininterval)
 
     @property
     def active(self) -> bool:
@@ -75,9 +76,9 @@ class Progress:
     def update(self, step: int, loss: float) -> None:
         if self._bar is None:
             return
-        self._bar.update(step - self._bar.n)
         if math.isfinite(loss):
             self._bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+        self._bar.update(step - self._bar.n)  # redraws at most every `mininterval` seconds
 
     def write(self, line: str) -> None:
         if self._bar is None:

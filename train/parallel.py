@@ -60,14 +60,18 @@ def _blocks(model: nn.Module) -> nn.ModuleList:
     return blocks
 
 
+def check_precision(precision: str) -> None:
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"loop.precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """loop.precision -> the autocast dtype, or None for plain fp32.
 
     auto: bf16 on CUDA, fp32 on CPU. bf16 on CPU runs (autocast works there) but is
     usually slower than fp32 on CPU, so it is allowed only when asked, with a warning.
     """
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"loop.precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    check_precision(precision)
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     if device.type != "cuda":
@@ -81,6 +85,14 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def check_parallel(parallel: str) -> None:
+    if parallel == "fsdp":
+        raise ValueError("loop.parallel=fsdp is not supported yet (EMA and checkpoints need full "
+                         "tensors on every rank); use loop.parallel=ddp")
+    if parallel != "ddp":
+        raise ValueError(f"loop.parallel must be 'ddp' or 'fsdp', got {parallel!r}")
+
+
 def wrap_data_parallel(module: nn.Module, info: DistInfo, *, parallel: str) -> nn.Module:
     """DDP around `module` when there is more than one rank; the module itself otherwise.
 
@@ -88,16 +100,17 @@ def wrap_data_parallel(module: nn.Module, info: DistInfo, *, parallel: str) -> n
     all assume full, unsharded tensors on every rank. Asking for it is an error, not a
     silent fallback to DDP.
     """
-    if parallel == "fsdp":
-        raise ValueError("loop.parallel=fsdp is not supported yet (EMA and checkpoints need full "
-                         "tensors on every rank); use loop.parallel=ddp")
-    if parallel != "ddp":
-        raise ValueError(f"loop.parallel must be 'ddp' or 'fsdp', got {parallel!r}")
+    check_parallel(parallel)
     if not info.enabled:
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [info.device.index] if info.device.type == "cuda" else None
-    # broadcast_buffers=False: the DiT's buffers (RoPE tables) are constants, equal on every
-    # rank; a per-forward broadcast would only cost time.
-    return DDP(module, device_ids=ids, broadcast_buffers=False)
+    # no per-forward buffer sync: the DiT's buffers (RoPE tables) are constants, equal on
+    # every rank; a broadcast each step would only cost time. (`forward_sync_buffers` is
+    # the newer spelling of `broadcast_buffers`; older torch only knows the latter.)
+    import inspect
+
+    quiet = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+    sync = {"forward_sync_buffers": False} if quiet else {"broadcast_buffers": False}
+    return DDP(module, device_ids=ids, **sync)

@@ -54,6 +54,8 @@ from .parallel import (
     apply_grad_checkpointing,
     autocast,
     autocast_dtype,
+    check_parallel,
+    check_precision,
     wrap_data_parallel,
 )
 from .skips import merge_counts
@@ -136,8 +138,8 @@ def _check(cfg: TrainConfig) -> None:
         raise ValueError(f"loop steps/log_every/ckpt_every/keep/max_nonfinite/threads must be >= 1: {lp}")
     if not cfg.data.shards:
         raise ValueError("data.shards is empty: point it at a directory of .tar shards")
-    if lp.parallel not in ("ddp", "fsdp"):
-        raise ValueError(f"loop.parallel must be 'ddp' or 'fsdp', got {lp.parallel!r}")
+    check_parallel(lp.parallel)  # before any process group or model exists
+    check_precision(lp.precision)
 
 
 def _rank_seed(seed: int, rank: int) -> int:

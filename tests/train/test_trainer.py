@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import signal
+import sys
+import types
 
 import pytest
 import torch
@@ -13,7 +16,7 @@ from safetensors.torch import load_file
 from patchpack.model.flow import FlowLoss
 from patchpack.train import trainer
 from patchpack.train.checkpoint import latest_checkpoint
-from patchpack.train.metrics import read_metrics
+from patchpack.train.metrics import Progress, read_metrics
 from patchpack.train.options import ConfigError, load_config
 from patchpack.train.synth import synth
 from patchpack.train.train_config import TrainConfig
@@ -32,6 +35,7 @@ def _cfg(shards, run_dir, **loop) -> TrainConfig:
         "packer.max_len=128", "packer.rows=2", "packer.max_tokens_per_sample=64", "packer.max_frames=2",
         "packer.buffer=4", "model.depth=1", "model.hidden=64", "model.heads=2", "model.attn_backend=reference",
         "optim.warmup=2", "loop.log_every=1", "loop.threads=1", "loop.caption_dropout=0.5",
+        "loop.progress=false", "loop.device=cpu",
     ] + [f"loop.{k}={v}" for k, v in loop.items()]
     return load_config(TrainConfig, None, overrides)
 
@@ -104,3 +108,63 @@ def test_nonfinite_loss_is_skipped_then_stops_the_run(shards, tmp_path, monkeypa
     skipped = [r for r in rows if "skipped_step" in r]
     assert [r["skipped_step"] for r in skipped] == ["nonfinite_loss"] * 3
     assert [r["nonfinite_total"] for r in skipped] == [1, 2, 3] and all(r["step"] == 2 for r in skipped)
+
+
+# --------------------------------------------------------------------------- metrics: bar, TensorBoard
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_tty_and_records_print_above_it(capsys):
+    off = Progress(total=5, enabled=True, stream=io.StringIO())  # a log file, not a terminal
+    assert not off.active
+    off.write("step 1 | loss 0.5")
+    assert capsys.readouterr().out == "step 1 | loss 0.5\n"
+
+    tty = _Tty()
+    bar = Progress(total=5, initial=2, enabled=True, stream=tty, mininterval=0)
+    assert bar.active and not Progress(total=5, enabled=False, stream=_Tty()).active
+    bar.update(4, 0.25)
+    bar.write("step 4 | loss 0.25")
+    bar.close()
+    assert capsys.readouterr().out == "step 4 | loss 0.25\n"  # the record, whole, on stdout
+    assert "4/5" in tty.getvalue() and "loss 0.2500" in tty.getvalue()  # the bar, on its own stream
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(shards, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if absent
+    with pytest.raises(ValueError, match="loop.tensorboard=true needs the tensorboard package"):
+        trainer.train(_cfg(shards, tmp_path, steps=1, tensorboard=True))
+
+
+def test_tensorboard_gets_every_numeric_field_and_skip_counts(shards, tmp_path, monkeypatch):
+    scalars, dirs = [], []
+
+    class FakeWriter:  # stands in for torch.utils.tensorboard.SummaryWriter (package not required)
+        def __init__(self, log_dir):
+            dirs.append(log_dir)
+
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, value, step))
+
+        def close(self):
+            dirs.append("closed")
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    trainer.train(_cfg(shards, tmp_path, steps=2, ckpt_every=100, tensorboard=True))
+    assert dirs == [str(tmp_path / "tb"), "closed"]
+    rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
+    for r in rows:
+        for k in ("loss", "lr", "grad_norm", "tokens_per_s", "fill", "samples_per_s"):
+            assert (k, r[k], r["step"]) in scalars
+        assert all((f"skipped/{why}", n, r["step"]) in scalars for why, n in r["skipped"].items())
+
+
+def test_unsupported_parallel_and_precision_are_refused(shards, tmp_path):
+    with pytest.raises(ValueError, match="loop.parallel=fsdp is not supported"):
+        trainer.train(_cfg(shards, tmp_path, steps=1, parallel="fsdp"))
+    with pytest.raises(ValueError, match="loop.precision must be"):
+        trainer.train(_cfg(shards, tmp_path, steps=1, precision="fp16"))
