@@ -283,36 +283,42 @@ _SHIFTS = tuple(s * f for s in (1, -1) for f in (0.04, 0.08, 0.12, 0.18, 0.25, 0
 def score(frames_THWC: np.ndarray, caption: str) -> dict[str, bool]:
     """Per attribute the caption asks for and the clip can show: does the clip show it?
 
-    Motion attributes need >= 2 frames; a photo's subject is not read. An attribute that
-    cannot be read from the pixels (no object found) counts as wrong.
+    Motion attributes need >= 2 frames; a photo's subject and speed are not read. An
+    attribute that cannot be read from the pixels (no object found) counts as wrong.
     """
+    return _score(frames_THWC, caption)[0]
+
+
+def _score(frames_THWC: np.ndarray, caption: str) -> tuple[dict[str, bool], dict]:
     want = parse_caption(caption)
     if not want:
-        return {}
+        return {}, {}
     got = read_attributes(frames_THWC)
     t = frames_THWC.shape[0]
     out = {}
     for attr in ATTRIBUTES:
         if attr not in want or (attr in MOTION_ATTRIBUTES and t < 2):
             continue
-        if want["kind"] == "photo" and attr == "speed":  # the photo's speed is not read
+        if want["kind"] == "photo" and attr == "speed":
             continue
         out[attr] = got[attr] == want[attr]
-    return out
+    return out, got
 
 
 def evaluate(items: Iterable[tuple[np.ndarray, str, str]]) -> dict:
     """items: (uint8 [T, H, W, 3], caption, group) -> accuracy per attribute per group.
 
     {"groups": {group: {"items", "unscored", "attributes": {attr: {"correct", "total",
-    "accuracy"}}, "accuracy"}}, "results": [{"group", "caption", "scores"}]}; "accuracy" of a
-    group pools every checked attribute of its items.
+    "accuracy"}}, "accuracy"}}, "results": [{"group", "caption", "frames", "scores", "read"}]};
+    a group's "accuracy" pools every checked attribute of its items; "read" is what
+    `read_attributes` saw, for finding out why an item failed.
     """
     groups: dict[str, dict] = {}
     results = []
     for frames_THWC, caption, group in items:
-        s = score(frames_THWC, caption)
-        results.append({"group": group, "caption": caption, "frames": int(frames_THWC.shape[0]), "scores": s})
+        s, got = _score(frames_THWC, caption)
+        results.append({"group": group, "caption": caption, "frames": int(frames_THWC.shape[0]), "scores": s,
+                        "read": {k: v for k, v in got.items() if v is not None}})
         g = groups.setdefault(group, {"items": 0, "unscored": 0, "attributes": {}})
         g["items"] += 1
         g["unscored"] += not s
