@@ -78,6 +78,8 @@ DEGRADATIONS = {  # name -> (clip, rng) -> clip
     "native (64-160 px)": lambda v, r: v,
     "short side 64": lambda v, r: _short_side(v, 64),
     "short side 32": lambda v, r: _short_side(v, 32),
+    "short side 24": lambda v, r: _short_side(v, 24),
+    "short side 16": lambda v, r: _short_side(v, 16),
     "32x32 (aspect squashed)": lambda v, r: _resize(v, 32, 32),
     "long side 32": lambda v, r: _long_side(v, 32),
     "long side 24": lambda v, r: _long_side(v, 24),
