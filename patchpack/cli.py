@@ -11,6 +11,7 @@ import argparse
 import os
 import runpy
 import sys
+import time
 from pathlib import Path
 
 BENCHMARKS = ("packing", "attention", "pipeline", "e2e")
@@ -111,6 +112,68 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(summary)
 
 
+# --------------------------------------------------------------------------- demo, generate, eval
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from patchpack.train.demo import DemoOptions, run_demo
+    from patchpack.train.options import ConfigError
+
+    config = Path(args.config) if args.config else _source_file("configs/demo.yaml")
+    opts = DemoOptions(out=args.out, config=str(config), overrides=args.overrides, prompts=args.prompts,
+                       sample_steps=args.steps, cfg_scale=args.cfg, seed=args.seed)
+    if args.num_samples is not None:
+        opts.num_samples = args.num_samples
+    if args.quick:  # a minute-long smoke run of every stage; the pictures are noise
+        opts.num_samples = args.num_samples or 24
+        opts.prompts, opts.sample_steps = min(args.prompts, 2), min(args.steps, 3)
+        opts.overrides = ["loop.steps=4", "loop.log_every=1", "loop.ckpt_every=1000", "model.depth=1",
+                          "model.hidden=64", "model.heads=2", "optim.warmup=1", "loop.threads=1", *args.overrides]
+    try:
+        run_demo(opts)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+
+
+def _source_file(rel: str) -> Path:
+    path = Path(__file__).resolve().parent.parent / rel
+    if not path.is_file():
+        raise UserError(f"{rel} not found next to the package ({path}); pass --config or run from a source checkout")
+    return path
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from patchpack.train.generate import load_run, parse_size, requests, sample, write_outputs
+
+    try:
+        sizes = [parse_size(s) for s in args.size]
+        reqs = requests(args.prompt, sizes=sizes, frames=args.frames or [8])
+        run = load_run(args.ckpt, weights=args.weights, rope_extrapolation=args.rope)
+        t0 = time.perf_counter()
+        videos = sample(run, reqs, steps=args.steps, cfg_scale=args.cfg, seed=args.seed)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    dt = time.perf_counter() - t0
+    write_outputs(args.out, reqs, videos, fps=run.fps,
+                  intro=f"{run.checkpoint} ({run.weights} weights), {args.steps} steps, CFG {args.cfg}, seed {args.seed}",
+                  info={"checkpoint": str(run.checkpoint), "steps": args.steps, "cfg_scale": args.cfg, "seed": args.seed})
+    print(f"generated {len(reqs)} videos in {dt:.1f} s from {run.checkpoint} (step {run.step})")
+    print(f"  {Path(args.out) / 'index.html'}  (gallery)\n  {Path(args.out) / 'contact_sheet.png'}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from patchpack.train.evaluate import evaluate_dir, format_report
+
+    if not (Path(args.dir) / "manifest.json").is_file():
+        raise UserError(f"{args.dir} has no manifest.json (write one with patchpack generate or patchpack demo)")
+    try:
+        report = evaluate_dir(args.dir)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    print(format_report(report))
+    print(f"  written to {Path(args.dir) / 'eval.json'}")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -140,6 +203,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", help="YAML file, e.g. configs/demo.yaml")
     s.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. optim.lr=3e-4 loop.steps=50")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("demo", help="synth -> train the tiny DiT on CPU -> generate at many sizes -> gallery + eval")
+    s.add_argument("--out", default="runs/demo", help="data/, run/, samples/ and summary.json go here")
+    s.add_argument("--config", default=None, help="training config (default: configs/demo.yaml of the checkout)")
+    s.add_argument("--num-samples", type=int, default=None, help="synthetic clips to write (default 1200)")
+    s.add_argument("--prompts", type=int, default=8, help="evaluated prompts, each at every demo size")
+    s.add_argument("--steps", type=int, default=25, help="Euler sampling steps")
+    s.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quick", action="store_true", help="a tiny run of every stage (about a minute; noise out)")
+    s.add_argument("overrides", nargs="*", help="training config overrides, e.g. loop.steps=500")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("generate", help="sample videos from a training run at any sizes")
+    s.add_argument("--ckpt", required=True, help="a run directory (newest checkpoint) or a checkpoint directory")
+    s.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
+    s.add_argument("--size", action="append", required=True, help="HEIGHTxWIDTH in pixels; repeat for several")
+    s.add_argument("--frames", type=int, action="append", default=None,
+                   help="frames per video: once for all sizes or once per --size (default 8; 1 = an image)")
+    s.add_argument("--steps", type=int, default=30, help="Euler steps")
+    s.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--weights", choices=("ema", "raw"), default="ema")
+    s.add_argument("--rope", choices=("none", "ntk", "pi"), default=None,
+                   help="RoPE extrapolation for grids larger than trained (default: as trained)")
+    s.add_argument("--out", default="samples", help="output directory")
+    s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("eval", help="read attributes back from generated synthetic-caption videos")
+    s.add_argument("dir", help="a directory written by patchpack generate or demo (has manifest.json)")
+    s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("bench", help="run a benchmark script (extra args are passed through)")
     s.add_argument("which", choices=BENCHMARKS)

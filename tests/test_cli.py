@@ -42,3 +42,56 @@ def test_train_config_errors_are_one_line(tmp_path):
     cfg.write_text("loop:\n  stepz: 3\n")
     r = _run("train", str(cfg))
     assert r.returncode == 2 and "stepz" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    pytest.importorskip("av")
+    pytest.importorskip("sklearn")
+    out = tmp_path_factory.mktemp("demo")
+    r = _run("demo", "--quick", "--out", str(out), "--num-samples", "8")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[4/4] evaluate" in r.stdout and "gallery" in r.stdout
+    return out
+
+
+def test_demo_quick_runs_every_stage(demo_dir):
+    import json
+
+    summary = json.loads((demo_dir / "summary.json").read_text())
+    assert summary["steps"] == 4 and 0 < summary["fill"] <= 1 and summary["useful_tokens_per_s"] > 0
+    manifest = json.loads((demo_dir / "samples" / "manifest.json").read_text())
+    assert len(manifest["items"]) == 2 * 5  # 2 prompts x 5 demo sizes
+    assert {i["tag"].split(":")[0] for i in manifest["items"]} >= {"trained size", "unseen duration"}
+    assert (demo_dir / "samples" / "index.html").is_file() and (demo_dir / "samples" / "contact_sheet.png").is_file()
+    assert set(summary["eval"]) and (demo_dir / "loss_curve.png").is_file()
+
+
+def test_generate_then_eval_from_the_demo_run(demo_dir, tmp_path):
+    out = tmp_path / "gen"
+    r = _run("generate", "--ckpt", str(demo_dir / "run"), "--prompt", "a red circle moving left fast on a black background",
+             "--prompt", "a photo of a cat", "--size", "32x32", "--size", "16x48", "--frames", "4", "--frames", "1",
+             "--steps", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(list(out.glob("*.gif"))) == 4 and len(list(out.glob("*.mp4"))) == 2
+    r = _run("eval", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out / "eval.json").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ckpt", "{missing}", "--size", "32x32"], "checkpoint not found"),
+    (["--ckpt", "{run}", "--size", "32"], "expected HEIGHTxWIDTH"),
+    (["--ckpt", "{run}", "--size", "30x32"], "not a multiple of the patch"),
+    (["--ckpt", "{run}", "--size", "32x32", "--frames", "3"], "T=3"),
+])
+def test_generate_errors_are_one_line(demo_dir, tmp_path, args, message):
+    args = [a.format(missing=tmp_path / "nope", run=demo_dir / "run") for a in args]
+    r = _run("generate", "--prompt", "x", *args, "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_eval_without_a_manifest_is_a_one_line_error(tmp_path):
+    r = _run("eval", str(tmp_path))
+    assert r.returncode == 2 and "manifest.json" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,98 @@
+"""Sampling from a training run: checkpoint loading (EMA/raw), request checks, files, pack invariance."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from patchpack.train import trainer
+from patchpack.train.generate import (
+    find_checkpoint,
+    load_run,
+    parse_size,
+    requests,
+    sample,
+    write_outputs,
+)
+from patchpack.train.options import load_config
+from patchpack.train.synth import synth
+from patchpack.train.train_config import TrainConfig
+
+pytest.importorskip("av")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("gen")
+    synth(root / "shards", num_samples=6, seed=0, shard_size=6, max_side=48, min_side=32, progress=False)
+    cfg = load_config(TrainConfig, None, [
+        f"run_dir={root / 'run'}", f"data.shards=[{root / 'shards'}]", "data.max_frames=4", "data.shuffle_buffer=2",
+        "packer.patch=[2,4,4]", "packer.max_len=96", "packer.rows=1", "packer.max_tokens_per_sample=64",
+        "packer.buffer=2", "model.depth=1", "model.hidden=32", "model.heads=2", "model.attn_backend=cpu",
+        "optim.warmup=1", "loop.steps=3", "loop.threads=1", "loop.ema_decay=0.5",
+    ])
+    trainer.train(cfg)
+    return root / "run"
+
+
+def test_load_run_finds_the_newest_checkpoint_and_picks_ema_or_raw(run_dir):
+    ckpt = find_checkpoint(run_dir)
+    assert ckpt.name == "step_00000003" and find_checkpoint(ckpt) == ckpt
+    ema, raw = load_run(run_dir), load_run(ckpt, weights="raw")
+    assert ema.step == raw.step == 3 and ema.patch == (2, 4, 4) and ema.fps == 8.0
+    diffs = [not torch.equal(a, b) for a, b in zip(ema.model.state_dict().values(), raw.model.state_dict().values())]
+    assert any(diffs), "EMA weights (decay 0.5) should differ from the last step's"
+    with pytest.raises(ValueError, match="weights="):
+        load_run(run_dir, weights="best")
+
+
+def test_missing_or_empty_checkpoint_paths_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        find_checkpoint(tmp_path / "nope")
+    with pytest.raises(ValueError, match="holds no checkpoint"):
+        find_checkpoint(tmp_path)
+
+
+def test_sizes_and_requests_are_checked():
+    assert parse_size("96x160") == (96, 160)
+    for bad in ("96", "96x", "ax3", "0x8"):
+        with pytest.raises(ValueError, match="size"):
+            parse_size(bad)
+    reqs = requests(["a", "b"], sizes=[(8, 8), (4, 12)], frames=[2])
+    assert [(r.prompt, r.grid) for r in reqs] == [("a", (2, 8, 8)), ("a", (2, 4, 12)), ("b", (2, 8, 8)), ("b", (2, 4, 12))]
+    with pytest.raises(ValueError, match="one per size"):
+        requests(["a"], sizes=[(8, 8), (8, 8)], frames=[2, 2, 2])
+
+
+def test_sample_rejects_sizes_off_the_patch(run_dir):
+    run = load_run(run_dir)
+    with pytest.raises(ValueError, match="not a multiple of the patch"):
+        sample(run, requests(["a"], sizes=[(10, 8)], frames=[2]), steps=1)
+    with pytest.raises(ValueError, match="T=3"):
+        sample(run, requests(["a"], sizes=[(8, 8)], frames=[3]), steps=1)
+
+
+def test_a_request_is_the_same_alone_or_packed_with_others(run_dir, tmp_path):
+    run = load_run(run_dir)
+    reqs = requests(["a red circle moving left fast on a black background", "a photo of a cat"],
+                    sizes=[(16, 16), (8, 24)], frames=[4, 1])
+    together = sample(run, reqs, steps=3, seed=7)
+    assert [v.shape for v in together] == [(4, 16, 16, 3), (1, 8, 24, 3)] * 2
+    alone = sample(run, reqs[:1], steps=3, seed=7)[0]
+    assert np.abs(alone.astype(int) - together[0].astype(int)).max() <= 1  # uint8 rounding at most
+    assert not np.array_equal(together[0], together[2])  # a different prompt and noise seed
+
+    manifest = write_outputs(tmp_path, reqs, together, fps=run.fps, info={"seed": 7})
+    on_disk = json.loads((tmp_path / "manifest.json").read_text())
+    assert on_disk == manifest and on_disk["seed"] == 7 and len(on_disk["items"]) == 4
+    first = on_disk["items"][0]
+    assert first["frames"] == 4 and set(first["files"]) == {"png", "gif", "mp4"}
+    assert "mp4" not in on_disk["items"][1]["files"]  # an image
+    for item in on_disk["items"]:
+        for f in item["files"].values():
+            assert (tmp_path / f).is_file()
+    assert (tmp_path / "contact_sheet.png").is_file() and (tmp_path / "index.html").is_file()

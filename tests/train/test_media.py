@@ -1,0 +1,67 @@
+"""Media writers: exact frames back from png/gif at native size, mp4 decodes, page and sheet exist."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from patchpack.train.media import (
+    GalleryItem,
+    contact_sheet,
+    read_gif,
+    to_frames,
+    write_gallery,
+    write_video_files,
+)
+
+
+def _clip(t=3, h=8, w=12):
+    rng = np.random.default_rng(0)
+    # few distinct colours, so a gif's 256-colour palette holds them exactly
+    palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [30, 60, 200]], np.uint8)
+    return palette[rng.integers(0, 4, size=(t, h, w))]
+
+
+def test_to_frames_maps_the_range_and_clips():
+    v = torch.tensor([-1.0, 0.0, 1.0, 5.0]).view(1, 1, 1, 4).expand(3, 1, 1, 4)
+    f = to_frames(v)
+    assert f.shape == (1, 1, 4, 3) and f.dtype == np.uint8
+    assert f[0, 0, :, 0].tolist() == [0, 128, 255, 255]
+    with pytest.raises(ValueError, match="RGB"):
+        to_frames(torch.zeros(1, 2, 4, 4))
+
+
+def test_video_files_round_trip(tmp_path):
+    pytest.importorskip("av")
+    from patchpack.train.decode import decode_image, decode_video
+
+    clip = _clip()
+    files = write_video_files(tmp_path, "v", clip, fps=8)
+    assert files.mp4 == "v.mp4"
+    assert np.array_equal(read_gif(tmp_path / files.gif), clip)
+    strip = decode_image((tmp_path / files.png).read_bytes(), max_pixels=10**6).frames_THWC[0]
+    assert np.array_equal(strip, np.concatenate(list(clip), axis=1))  # frames left to right, lossless
+    dec = decode_video((tmp_path / files.mp4).read_bytes(), fps=None, stride=1, max_seconds=None, max_frames=None,
+                       max_pixels=10**6, max_source_frames=100)
+    assert dec.frames_THWC.shape == clip.shape
+
+    image = write_video_files(tmp_path, "i", clip[:1], fps=8)
+    assert image.mp4 is None and not (tmp_path / "i.mp4").exists()
+
+
+def test_contact_sheet_and_gallery(tmp_path):
+    from PIL import Image
+
+    a, b = _clip(t=3, h=8, w=12), _clip(t=1, h=16, w=16)
+    contact_sheet(tmp_path / "s.png", [a, b], ["clip", "image"], cell=48)
+    sheet = np.asarray(Image.open(tmp_path / "s.png"))
+    assert sheet.shape[1] >= 3 * 48  # three frames scaled 4x side by side
+    with pytest.raises(ValueError, match="one label per video"):
+        contact_sheet(tmp_path / "x.png", [a], [])
+
+    files = write_video_files(tmp_path, "a", a, fps=8)
+    write_gallery(tmp_path / "index.html", [GalleryItem("a <red> circle", (3, 8, 12), files, ["colour ok"])],
+                  title="t")
+    page = (tmp_path / "index.html").read_text()
+    assert 'src="a.gif"' in page and "a &lt;red&gt; circle" in page and "colour ok" in page
