@@ -361,7 +361,8 @@ def evaluate_dir(path: str | Path, *, write: bool = True) -> dict:
 
     Manifest: {"items": [{"prompt", "frames", "height", "width", "seen", "files": {"mp4", "png", ...}}]}
     with file names relative to `path`. T > 1 reads the mp4, T == 1 the png. Groups are
-    "trained" (seen) and "unseen".
+    "trained" and "unseen", from "seen" or else a "tag" starting with either word; "generated"
+    when an item has neither.
     """
     root = Path(path)
     manifest_path = root / "manifest.json"
@@ -378,11 +379,20 @@ def evaluate_dir(path: str | Path, *, write: bool = True) -> dict:
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{manifest_path}: item {i} lacks prompt/frames/files ({e})") from None
         frames = _load_item(root, files, t, where=f"{manifest_path} item {i}")
-        loaded.append((frames, prompt, "trained" if item.get("seen", True) else "unseen"))
+        loaded.append((frames, prompt, _group(item)))
     report = evaluate(loaded)
     if write:
         (root / "eval.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def _group(item: dict) -> str:
+    """"trained"/"unseen" from the item's "seen" flag, else from a tag that starts with either
+    word (as the demo writes them), else "generated" (a plain `patchpack generate` folder)."""
+    if "seen" in item:
+        return "trained" if item["seen"] else "unseen"
+    tag = str(item.get("tag", "")).lower()
+    return next((g for g in ("trained", "unseen") if tag.startswith(g)), "generated")
 
 
 def _load_item(root: Path, files: dict, t: int, *, where: str) -> np.ndarray:

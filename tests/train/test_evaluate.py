@@ -284,6 +284,18 @@ def test_evaluate_dir_reads_mp4_and_png_and_writes_eval_json(tmp_path):
     assert "trained" in table and "unseen" in table and "direction" in table
 
 
+def test_evaluate_dir_groups_by_tag_without_seen(tmp_path):
+    still = _square_clip(1, 32, 32, y0=8, x0=8, dy=0, dx=0)
+    (tmp_path / "b.png").write_bytes(encode_image(still[0]))
+    item = {"prompt": "a square in yellow on a gray background", "frames": 1, "height": 32, "width": 32,
+            "files": {"png": "b.png", "gif": "b.gif"}}
+    _write_manifest(tmp_path, [item | {"tag": "trained size"}, item | {"tag": "unseen aspect 3:1"}, item])
+    report = evaluate_dir(tmp_path, write=False)
+    assert {g: v["items"] for g, v in report["groups"].items()} == {"trained": 1, "unseen": 1, "generated": 1}
+    assert all(v["accuracy"] == 1.0 for v in report["groups"].values())
+    assert not (tmp_path / "eval.json").exists()
+
+
 def test_evaluate_dir_names_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         evaluate_dir(tmp_path)
