@@ -18,6 +18,8 @@ from patchpack.train import trainer
 from patchpack.train.checkpoint import latest_checkpoint
 from patchpack.train.metrics import Progress, read_metrics
 from patchpack.train.options import ConfigError, load_config
+from patchpack.train.parallel import apply_compile, apply_grad_checkpointing, autocast_dtype
+from patchpack.train.stream import PackedStream
 from patchpack.train.synth import synth
 from patchpack.train.train_config import TrainConfig
 
@@ -168,3 +170,76 @@ def test_unsupported_parallel_and_precision_are_refused(shards, tmp_path):
         trainer.train(_cfg(shards, tmp_path, steps=1, parallel="fsdp"))
     with pytest.raises(ValueError, match="loop.precision must be"):
         trainer.train(_cfg(shards, tmp_path, steps=1, precision="fp16"))
+
+
+# --------------------------------------------------------------------------- GPU knobs, from the outside
+
+
+def _loss_and_grads(model, encoder, batch):
+    model.zero_grad(set_to_none=True)
+    encoder.zero_grad(set_to_none=True)
+    gen = torch.Generator().manual_seed(7)
+    captions = [m["caption"] for m in batch.meta]
+    loss = trainer.flow_loss(model, batch, *encoder(captions), generator=gen).loss
+    loss.backward()
+    named = list(model.named_parameters()) + [(f"text.{k}", p) for k, p in encoder.named_parameters()]
+    return loss.detach(), {k: p.grad.clone() for k, p in named if p.grad is not None}
+
+
+def _one_batch(cfg):
+    return next(iter(PackedStream(cfg.data, cfg.packer.build())))
+
+
+def test_grad_checkpointing_gives_the_same_loss_and_grads_and_keeps_the_keys(shards, tmp_path):
+    cfg = _cfg(shards, tmp_path, steps=1)
+    cfg.model.depth = 2
+    torch.manual_seed(0)
+    model, encoder = trainer.build_models(cfg)
+    batch = _one_batch(cfg)
+    for block in model.blocks:  # zero-init gates would hide a wrong recompute: wake them up
+        torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.02)
+    loss, grads = _loss_and_grads(model, encoder, batch)
+    keys = list(model.state_dict())
+
+    calls = []
+    for block in model.blocks:
+        block.attn.register_forward_hook(lambda *a: calls.append(1))
+    assert apply_grad_checkpointing(model) == 2
+    loss_ckpt, grads_ckpt = _loss_and_grads(model, encoder, batch)
+    assert len(calls) == 4  # each block's attention ran twice: forward, then the recompute in backward
+    assert list(model.state_dict()) == keys  # checkpoints load with or without the knob
+    assert torch.equal(loss, loss_ckpt)
+    assert grads.keys() == grads_ckpt.keys() and len(grads) > 10
+    for k in grads:
+        torch.testing.assert_close(grads_ckpt[k], grads[k], rtol=1e-5, atol=1e-7, msg=k)
+
+
+@pytest.mark.slow
+def test_compile_wraps_each_block_in_place(shards, tmp_path):  # dynamo capture alone: ~1 min on 2 loaded cores
+    cfg = _cfg(shards, tmp_path, steps=1)
+    torch.manual_seed(0)
+    model, encoder = trainer.build_models(cfg)
+    batch = _one_batch(cfg)
+    loss, _ = _loss_and_grads(model, encoder, batch)
+    keys = list(model.state_dict())
+    assert apply_compile(model, backend="eager") == len(model.blocks)  # dynamo capture, no codegen
+    loss_c, _ = _loss_and_grads(model, encoder, batch)
+    assert list(model.state_dict()) == keys
+    torch.testing.assert_close(loss_c, loss, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_loop_compile_trains_like_eager(shards, tmp_path):  # inductor codegen: minutes on CPU
+    eager = trainer.train(_cfg(shards, tmp_path / "eager", steps=2, ckpt_every=100))
+    compiled = trainer.train(_cfg(shards, tmp_path / "compiled", steps=2, ckpt_every=100, compile=True))
+    assert math.isclose(compiled["loss"], eager["loss"], rel_tol=1e-4)
+
+
+def test_bf16_on_cpu_is_allowed_with_a_warning_and_trains(shards, tmp_path):
+    cfg = _cfg(shards, tmp_path, steps=2, ckpt_every=100, precision="bf16")
+    cfg.model.attn_backend = "cpu"  # the fp32 reference kernel is not autocast-safe (overflows in bf16)
+    with pytest.warns(UserWarning, match="bf16 on CPU"):
+        summary = trainer.train(cfg)
+    assert summary["step"] == 2 and math.isfinite(summary["loss"])
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("auto", torch.device("cuda", 0)) is torch.bfloat16
