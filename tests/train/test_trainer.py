@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -243,3 +244,10 @@ def test_bf16_on_cpu_is_allowed_with_a_warning_and_trains(shards, tmp_path):
     assert summary["step"] == 2 and math.isfinite(summary["loss"])
     assert autocast_dtype("auto", torch.device("cpu")) is None
     assert autocast_dtype("auto", torch.device("cuda", 0)) is torch.bfloat16
+
+
+def test_gpu_config_loads_and_says_what_it_promises():
+    cfg = load_config(TrainConfig, Path(__file__).parents[2] / "configs" / "gpu.yaml", [])
+    assert cfg.model.preset == "B" and cfg.text == "minilm" and cfg.packer.max_len >= 4096
+    assert cfg.loop.precision == "bf16" and cfg.loop.parallel == "ddp" and cfg.loop.num_workers > 0
+    assert cfg.loop.grad_checkpointing and cfg.loop.compile
