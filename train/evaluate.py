@@ -82,7 +82,8 @@ def parse_caption(caption: str) -> dict:
 def read_attributes(frames_THWC: np.ndarray) -> dict:
     """uint8 [T, H, W, 3] -> the attributes its pixels show (keys of ATTRIBUTES).
 
-    A key is None when it cannot be read (no object found; motion from one frame).
+    A key is None when it cannot be read: no background, colour or object on a photo (or
+    noise), no object found, no motion from one frame.
     """
     if frames_THWC.ndim != 4 or frames_THWC.shape[-1] != 3 or frames_THWC.dtype != np.uint8:
         raise ValueError(f"expected uint8 [T, H, W, 3] frames, got {frames_THWC.dtype} {frames_THWC.shape}")
@@ -92,16 +93,16 @@ def read_attributes(frames_THWC: np.ndarray) -> dict:
     x = frames_THWC.astype(np.float32)
     bg_rgb = np.median(x.reshape(-1, 3), axis=0)
     out = dict.fromkeys(ATTRIBUTES)
-    out["background"] = _nearest(BACKGROUNDS, bg_rgb)
     dist = np.linalg.norm(x - bg_rgb, axis=-1)  # T, H, W
     if t > 1:  # read whatever the clip is: a caption's kind must not decide what is looked for
         out["motion"] = _camera_motion(x)
     far = dist[dist > 60]  # 60: under half the closest colour/background gap (~127, green/gray)
     core = dist >= np.median(far) if far.size >= 4 else None  # the object's inner half, not its blurred edge
     obj_rgb = np.median(x[core], axis=0) if core is not None else bg_rgb
-    if _is_photo(x, bg_rgb, obj_rgb):
+    if _is_photo(x, bg_rgb, obj_rgb):  # no plain background to name (noise lands here too)
         out["kind"] = "photo"
         return out
+    out["background"] = _nearest(BACKGROUNDS, bg_rgb)
     if core is None:
         return out
     out["colour"] = _nearest(COLOURS, obj_rgb)
