@@ -19,6 +19,7 @@ import torch
 DEFAULT_FPS = 24.0  # only when a container declares no rate at all
 VIDEO_EXTS = ("mp4",)
 IMAGE_EXTS = ("jpg", "jpeg", "png")
+LATENT_EXT = "latent.safetensors"  # a pre-encoded VAE latent (train/latents.py), tensor "latent"
 
 
 class DecodeError(ValueError):
@@ -146,6 +147,22 @@ def _sample(container, stream, src_fps, start, *, fps, stride, max_seconds, max_
     except (av.FFmpegError, ValueError, EOFError) as e:  # truncated mid-stream
         raise DecodeError("corrupt_video", f"{type(e).__name__} after {len(frames)} frames: {e}") from None
     return frames
+
+
+def decode_latent(data: bytes) -> torch.Tensor:
+    """`<key>.latent.safetensors` bytes -> float32 latent [C', T', H', W'] (safetensors: no pickle)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        tensors = load(bytes(data))
+    except (SafetensorError, ValueError, OSError) as e:
+        raise DecodeError("corrupt_latent", f"{type(e).__name__}: {e}") from None
+    latent = tensors.get("latent")
+    if latent is None or latent.ndim != 4 or not latent.is_floating_point():
+        got = {k: (tuple(v.shape), str(v.dtype)) for k, v in tensors.items()}
+        raise DecodeError("corrupt_latent", f"expected a float tensor 'latent' [C, T, H, W], got {got}")
+    return latent.float()
 
 
 def to_video_CTHW(frames_THWC: np.ndarray) -> torch.Tensor:

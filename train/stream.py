@@ -13,6 +13,11 @@ The shuffle buffer sits before decoding (webdataset's usual `.shuffle().decode()
 order): the sample order is the same as shuffling decoded videos, but the buffer
 holds compressed bytes, so it is cheap to keep and to checkpoint.
 
+Latent shards (train/latents.py) hold `<key>.latent.safetensors` instead of media: the
+"decode" step then loads the VAE latent [C', T', H', W'] and the packer patchifies it
+exactly as it would pixels (it never knows the difference). `VideoStream` is the same
+reading and decoding without the packer, one video at a time (VAE training, encoding).
+
 Bad samples are counted by reason (skips.py) and the stream goes on; `skips` gives
 the counts, including the packer's drops as "packer:<reason>".
 
@@ -42,7 +47,16 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .config import DataConfig
-from .decode import IMAGE_EXTS, VIDEO_EXTS, DecodeError, decode_image, decode_video, to_video_CTHW
+from .decode import (
+    IMAGE_EXTS,
+    LATENT_EXT,
+    VIDEO_EXTS,
+    DecodeError,
+    decode_image,
+    decode_latent,
+    decode_video,
+    to_video_CTHW,
+)
 from .skips import SkipCounter, merge_counts
 
 MEDIA_EXTS = VIDEO_EXTS + IMAGE_EXTS
@@ -121,7 +135,8 @@ class _Stream:
         self.shuffle_rng = random.Random(_seed(*base, "buffer"))
         self.sample_rng = random.Random(_seed(*base, "sample"))  # caption pick, clip start
         self.gen = torch.Generator().manual_seed(_seed(*base, "packer") % 2**63)
-        self.packer = StreamPacker(packer_cfg, seed=_seed(*base, "pack") % 2**31)
+        # no packer_cfg: a VideoStream, which yields decoded videos and never packs
+        self.packer = StreamPacker(packer_cfg, seed=_seed(*base, "pack") % 2**31) if packer_cfg is not None else None
         self.buffer: list[dict] = []
         self.skips = SkipCounter(skips)
         self.batches = 0
@@ -180,6 +195,17 @@ class _Stream:
             except (DecodeError, SampleError) as e:
                 self.skips.add(e.reason, str(e), key=key)
 
+    def videos(self) -> Iterator[tuple[str, torch.Tensor, dict]]:
+        """(key, float [C, T, H, W], meta) per readable sample, skips counted as in _samples."""
+        for rec in self._shuffled():
+            key = f"{Path(str(rec.get('__url__', ''))).stem}/{rec.get('__key__', '')}"
+            try:
+                video_CTHW, meta = self._decode(rec, key)
+            except DecodeError as e:
+                self.skips.add(e.reason, str(e), key=key)
+                continue
+            yield key, video_CTHW, meta
+
     def _decode(self, rec: dict, key: str) -> tuple[torch.Tensor, dict]:
         d = self.data
         if "json" not in rec:
@@ -196,6 +222,15 @@ class _Stream:
         if not caps:
             raise DecodeError("empty_caption", f"caption {info['caption']!r}")
         caption = caps[self.sample_rng.randrange(len(caps))] if len(caps) > 1 else caps[0]
+        if LATENT_EXT in rec:  # a latent shard: the VAE already decoded, sized and encoded it
+            latent = decode_latent(rec[LATENT_EXT])
+            src = info.get("latent") if isinstance(info.get("latent"), dict) else {}
+            meta = {"caption": caption, "fps": float(src.get("fps", 0.0)), "frames": int(src.get("frames", 0)),
+                    "height": int(src.get("height", 0)), "width": int(src.get("width", 0)),
+                    "latent": list(latent.shape[1:])}
+            if "attrs" in info:
+                meta["attrs"] = info["attrs"]
+            return latent, meta
         ext = next((e for e in MEDIA_EXTS if e in rec), None)
         if ext is None:
             raise DecodeError("no_media", f"members {sorted(k for k in rec if not k.startswith('__'))}")
@@ -236,7 +271,7 @@ class _Stream:
             "shuffle_rng": self.shuffle_rng.getstate(),
             "sample_rng": self.sample_rng.getstate(),
             "generator": self.gen.get_state(),
-            "packer": self.packer.state_dict(),
+            "packer": self.packer.state_dict() if self.packer is not None else None,
             "skips": dict(self.skips.counts),
             "batches": self.batches,
         }
@@ -247,7 +282,8 @@ class _Stream:
         self.shuffle_rng.setstate(_rng_state(sd["shuffle_rng"]))
         self.sample_rng.setstate(_rng_state(sd["sample_rng"]))
         self.gen.set_state(sd["generator"])
-        self.packer.load_state_dict(sd["packer"])
+        if self.packer is not None:
+            self.packer.load_state_dict(sd["packer"])
         self.skips = SkipCounter(sd["skips"])
         self.batches = int(sd["batches"])
 
@@ -382,6 +418,40 @@ class PackedStream(IterableDataset):
             raise ValueError(f"not a PackedStream state: mode={sd.get('mode')!r}")
         self._pending = None if sd["mode"] == "fresh" else dict(sd)
         self._live = None
+
+
+class VideoStream:
+    """The shard reading and decoding of PackedStream without its packer: iterate
+    (key, float video [C, T, H, W] in [-1, 1] or a latent, meta) one sample at a time.
+
+    In-process only (no DataLoader workers); `state_dict()` between samples resumes
+    bitwise, as PackedStream does with num_workers=0. `skips`: reason -> count.
+    """
+
+    def __init__(self, data: DataConfig, *, rank: int | None = None, world_size: int | None = None) -> None:
+        self.data = data
+        self.urls = expand_shards(data.shards, allow_pipe=data.allow_pipe)
+        if rank is None or world_size is None:
+            rank, world_size = _dist_rank_world()
+        if not 0 <= rank < world_size or len(self.urls) < world_size:
+            raise ValueError(f"need 0 <= rank < world_size <= shards, got rank={rank}, "
+                             f"world_size={world_size}, {len(self.urls)} shards")
+        self._stream = _Stream(data, None, self.urls, rank=rank, world_size=world_size, worker=0, num_workers=1)
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor, dict]]:
+        return self._stream.videos()
+
+    @property
+    def skips(self) -> dict[str, int]:
+        return self._stream.skip_counts()
+
+    def state_dict(self) -> dict:
+        return {"mode": "videos", "stream": self._stream.state_dict()}
+
+    def load_state_dict(self, sd: Mapping) -> None:
+        if sd.get("mode") != "videos":
+            raise ValueError(f"not a VideoStream state: mode={sd.get('mode')!r}")
+        self._stream.load_state_dict(sd["stream"])
 
 
 def _dist_rank_world() -> tuple[int, int]:

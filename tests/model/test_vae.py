@@ -165,3 +165,17 @@ def test_fit_to_vae_sizes(size, kw, want):
     out = fit_to_vae(torch.zeros(3, *size), config=cfg, **kw)
     assert tuple(out.shape[1:]) == want
     cfg.latent_shape(*want)  # accepted
+
+
+def test_conv2d_fast_path_matches_conv3d_reference():
+    from patchpack.model.vae_blocks import CausalConv3d
+
+    vae = _vae(temporal=4)
+    x = _video(9, 12, 20)
+    z, y = vae.encode(x), vae.decode(vae.encode(x))
+    convs = [m for m in vae.modules() if isinstance(m, CausalConv3d)]
+    assert len(convs) > 10
+    for m in convs:
+        m.reference = True
+    torch.testing.assert_close(vae.encode(x), z, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(vae.decode(z), y, rtol=1e-4, atol=1e-5)
