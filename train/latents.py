@@ -1,0 +1,91 @@
+"""Pre-encode pixel shards into latent shards, so DiT training reads VAE latents.
+
+    pixel shard  <key>.mp4|jpg|png + <key>.json
+      --decode as the stream does (DataConfig: fps, stride, max_seconds, max_frames)-->
+      --fit to the VAE (model/vae_fit.py: 1 + k*ft frames, sides multiples of fs, max_pixels)-->
+      --vae.encode (posterior mean x latent_scale)-->
+    latent shard <key>.latent.safetensors (tensor "latent", float32 [C', T', H', W'])
+                 + <key>.json: the source json (every caption, attrs) plus "latent": {...}
+
+PackedStream reads latent shards with the same DataConfig/PackerConfig machinery: the
+latent takes the place of the decoded video and the packer patchifies it as it would
+pixels (D = C' * pt*ph*pw). Each source sample is decoded once, with the first clip of a
+long video (clip_start="first"), so a latent shard is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+
+import torch
+from safetensors.torch import save
+
+from patchpack.model.vae_checkpoint import load_vae
+from patchpack.model.vae_fit import fit_to_vae
+
+from .config import DataConfig
+from .decode import DecodeError
+from .shards import ShardWriter, print_summary
+from .skips import SkipCounter
+from .stream import _read_shard, _Stream, expand_shards
+
+__all__ = ["encode_latent_shards", "latent_members"]
+
+
+def latent_members(latent: torch.Tensor, info: dict) -> dict[str, bytes]:
+    """The tar members of one latent sample: {"latent.safetensors": ..., "json": ...}."""
+    data = save({"latent": latent.detach().float().cpu().contiguous()}, metadata={"format": "pt"})
+    return {"latent.safetensors": data, "json": json.dumps(info).encode()}
+
+
+@torch.no_grad()
+def encode_latent_shards(src_shards: str | list[str], vae_ckpt: str | os.PathLike, out_dir: str | os.PathLike, *,
+                         data: DataConfig | None = None, max_pixels: int | None = None,
+                         max_frames: int | None = None, chunk: int | None = None, shard_size: int = 64,
+                         threads: int | None = None, progress: bool = True) -> dict:
+    """Encode every readable sample of `src_shards` with the VAE at `vae_ckpt` into `out_dir`.
+
+    data: decoding options (fps, max_seconds, max_frames, ...); its shards/epochs/shuffle
+        fields are ignored. max_pixels, max_frames: the VAE fit (per frame pixels; frames,
+        rounded down to 1 + k*temporal). chunk: latent frames per encode step (long videos).
+    Returns {"written", "shards", "bytes", "skipped": {reason: n}, "latent_channels"} and prints it.
+    """
+    from tqdm import tqdm
+
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    vae = load_vae(vae_ckpt)
+    urls = expand_shards(src_shards)
+    base = data if data is not None else DataConfig()
+    dcfg = replace(base, shards=urls, epochs=1, shuffle_shards=False, shuffle_buffer=0, clip_start="first")
+    decoder = _Stream(dcfg, None, urls, rank=0, world_size=1, worker=0, num_workers=1)  # the stream's decode
+    skips = SkipCounter()
+    vcfg = vae.config
+    with ShardWriter(out_dir, max_count=shard_size) as writer:
+        for url in tqdm(urls, desc="encode-latents", unit="shard", disable=not progress):
+            for rec in _read_shard(url, dcfg.allow_pipe):
+                key = str(rec.get("__key__", ""))
+                try:
+                    video, meta = decoder._decode(rec, key)
+                    info = json.loads(rec["json"])
+                    if "latent" in meta:
+                        raise DecodeError("already_latent", "the source is a latent shard")
+                    video = fit_to_vae(video, config=vcfg, max_pixels=max_pixels, max_frames=max_frames)
+                except (DecodeError, ValueError) as e:
+                    skips.add(getattr(e, "reason", "unfit"), str(e), key=key)
+                    continue
+                latent = vae.encode(video, chunk=chunk)
+                t, h, w = video.shape[1:]
+                info["latent"] = {"vae": str(vae_ckpt), "shape": list(latent.shape), "frames": t, "height": h,
+                                  "width": w, "fps": meta["fps"], "spatial": vcfg.spatial,
+                                  "temporal": vcfg.temporal, "latent_scale": vcfg.latent_scale}
+                writer.write(key, latent_members(latent, info))
+    summary = {"written": writer.samples, "shards": [str(p) for p in writer.paths], "bytes": writer.bytes,
+               "skipped": dict(sorted(skips.counts.items())), "latent_channels": vcfg.latent_channels}
+    print_summary("encode-latents", summary)
+    return summary
+
