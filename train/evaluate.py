@@ -40,6 +40,10 @@ ATTRIBUTES = ("kind", "object", "colour", "background", "direction", "speed", "m
 MOTION_ATTRIBUTES = ("direction", "speed", "motion")  # need >= 2 frames
 TEMPLATE_SIDE = 16  # masks are compared on this grid
 ASPECT_WEIGHT = 0.15  # per unit of |log(h/w)| difference; a digit 1 is tall, a circle is not
+# a generated clip's background may be off its palette colour by a brightness shift of ~45
+# per channel before it counts as "no palette background"; rocket's sky (~50 away) then
+# passes as a plain background, a price paid on photo captions only
+BACKGROUND_SLACK = 80.0
 NOISY = 25.0  # median background distance from the median colour; ~ sigma 15 per channel
 FAST_THRESHOLD = math.sqrt(SPEEDS["slow"] * SPEEDS["fast"])  # fraction of the side per frame
 
@@ -129,9 +133,10 @@ def _is_photo(x_THWC: np.ndarray, bg_rgb: np.ndarray, obj_rgb: np.ndarray) -> bo
     """A plain palette background with one flat object, or not?
 
     Three signs of a photo, any one suffices: the median colour covers under half the
-    pixels, it is no palette background (> 40 away; the closest photo, rocket's sky, is ~50),
-    or over 10% of the pixels lie off the background-object colour line (a shape clip's
-    blurred edges lie on it). hubble_deep_field (a dark field, small blobs) passes as black.
+    pixels, it is far from every palette background (> BACKGROUND_SLACK), or over 10% of the
+    pixels lie off the background-object colour line (a shape clip's blurred edges lie on
+    it). hubble_deep_field (a dark field, small blobs) passes as black, and rocket (a plain
+    sky ~50 from dark blue) as dark blue: the slack is kept wide for generated clips.
     """
     from scipy.ndimage import uniform_filter
 
@@ -139,7 +144,7 @@ def _is_photo(x_THWC: np.ndarray, bg_rgb: np.ndarray, obj_rgb: np.ndarray) -> bo
     x_THWC = uniform_filter(x_THWC, size=(1, 3, 3, 1), mode="wrap")
     if (np.linalg.norm(x_THWC - bg_rgb, axis=-1) < 40).mean() < 0.5:
         return True
-    if min(float(np.linalg.norm(bg_rgb - np.asarray(c, np.float32))) for c in BACKGROUNDS.values()) > 40:
+    if min(float(np.linalg.norm(bg_rgb - np.asarray(c, np.float32))) for c in BACKGROUNDS.values()) > BACKGROUND_SLACK:
         return True
     axis = obj_rgb - bg_rgb
     u = np.clip(((x_THWC - bg_rgb) @ axis) / max(float(axis @ axis), 1e-6), 0, 1)

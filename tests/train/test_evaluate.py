@@ -74,6 +74,12 @@ def _blur(v: np.ndarray, radius: float) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(f).filter(ImageFilter.GaussianBlur(radius))) for f in v])
 
 
+def _contrast(v: np.ndarray, c: float) -> np.ndarray:
+    """Pull every pixel toward the clip's mean colour: a washed-out generated clip."""
+    m = v.reshape(-1, 3).mean(0)
+    return np.clip(m + (v - m) * c, 0, 255).astype(np.uint8)
+
+
 DEGRADATIONS = {  # name -> (clip, rng) -> clip
     "native (64-160 px)": lambda v, r: v,
     "short side 64": lambda v, r: _short_side(v, 64),
@@ -88,6 +94,8 @@ DEGRADATIONS = {  # name -> (clip, rng) -> clip
     "short 32 + noise 25": lambda v, r: _noise(_short_side(v, 32), 25, r),
     "short 32 + blur 1px": lambda v, r: _blur(_short_side(v, 32), 1.0),
     "short 48 + blur + noise 15 + mp4": lambda v, r: _mp4(_noise(_blur(_short_side(v, 48), 1.0), 15, r)),
+    "short 32 + brightness +25": lambda v, r: np.clip(_short_side(v, 32).astype(int) + 25, 0, 255).astype(np.uint8),
+    "short 32 + contrast 0.7": lambda v, r: _contrast(_short_side(v, 32), 0.7),
 }
 
 
@@ -209,7 +217,8 @@ def test_clean_ground_truth_at_demo_sizes_reads_back():
 
 def test_ground_truth_survives_mp4_noise_and_blur():
     samples = _ground_truth(40, 0, 0.0)
-    report = _report(samples, ["short 32 + mp4", "short 32 + noise 10", "short 32 + blur 1px"])
+    report = _report(samples, ["short 32 + mp4", "short 32 + noise 10", "short 32 + blur 1px",
+                               "short 32 + contrast 0.7"])
     for name, group in report["groups"].items():
         for attr, a in group["attributes"].items():
             assert a["accuracy"] >= (0.75 if attr == "object" else 0.9), (name, attr, a)
@@ -220,7 +229,10 @@ def test_photo_camera_motion_reads_back():
     report = _report(samples, ["short side 32"])
     motion = report["groups"]["short side 32"]["attributes"]["motion"]
     assert motion["total"] >= 40 and motion["accuracy"] >= 0.75, motion
-    assert report["groups"]["short side 32"]["attributes"]["kind"]["accuracy"] >= 0.75
+    # rocket (a plain sky) and hubble_deep_field (a dark field) read as shape clips by design
+    kinds = [r["scores"]["kind"] for r, (_, _, attrs) in zip(report["results"], samples)
+             if attrs["photo"] not in ("rocket", "hubble_deep_field")]
+    assert len(kinds) >= 30 and np.mean(kinds) >= 0.9
     assert {parse_caption(c)["motion"] for _, c, _ in samples} == set(MOTIONS)
 
 
