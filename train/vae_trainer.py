@@ -181,7 +181,7 @@ def train_vae(cfg: VAETrainConfig) -> dict:
                 (parts.loss / lp.accum).backward()  # the mean gradient over the step's clips
                 got += 1
                 for k in ("loss", "l1", "ssim", "kl"):
-                    window[k] += float(getattr(parts, k))
+                    window[k] += float(getattr(parts, k).detach())
                 window["psnr"] += psnr(out.recon.detach(), x[None])
                 window["pixels"] += x[0].numel()
             if got == 0:

@@ -1,0 +1,81 @@
+"""VAE training: a short run writes checkpoints, metrics, an export and a PSNR report; resume is exact."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from patchpack.model.vae_checkpoint import load_vae
+from patchpack.model.vae_loss import psnr
+from patchpack.train.checkpoint import list_checkpoints
+from patchpack.train.metrics import read_metrics
+from patchpack.train.options import load_config
+from patchpack.train.vae_config import VAETrainConfig
+from patchpack.train.vae_trainer import synth_eval_videos, train_vae, vae_psnr_report
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from patchpack.train.synth import synth
+
+    out = tmp_path_factory.mktemp("synth")
+    synth(out, num_samples=6, shard_size=3, min_side=16, max_side=32, progress=False)
+    return out
+
+
+def _cfg(shards, run_dir, *extra) -> VAETrainConfig:
+    return load_config(VAETrainConfig, None, [
+        f"run_dir={run_dir}", f"data.shards=[{shards}]", "data.max_frames=5", "data.shuffle_buffer=4",
+        "vae.widths=[8,8]", "vae.latent_channels=4", "vae.temporal=4",
+        "clip.max_pixels=256", "clip.max_frames=5", "loop.steps=6", "loop.accum=2", "loop.log_every=2",
+        "loop.ckpt_every=2", "loop.keep=2", "loop.threads=1",
+        "eval.sizes=[[1,16,16],[5,16,24]]", "eval.per_size=1", *extra])
+
+
+def test_train_vae_run_and_exact_resume(shards, tmp_path):
+    a = train_vae(_cfg(shards, tmp_path / "a"))
+    assert a["step"] == 6 and a["stopped"] == "steps"
+    ckpts = list_checkpoints(tmp_path / "a" / "checkpoints")
+    assert [p.name for p in ckpts] == ["step_00000004", "step_00000006"]  # keep=2
+    rows = [r for r in read_metrics(tmp_path / "a" / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in rows] == [2, 4, 6] and all(math.isfinite(r["psnr"]) for r in rows)
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert [(r["frames"], r["height"], r["width"]) for r in report["psnr"]] == [(1, 16, 16), (5, 16, 24)]
+
+    # the export and a training checkpoint both load; the export carries the latent scale
+    export, ckpt = load_vae(tmp_path / "a" / "vae"), load_vae(ckpts[-1])
+    assert export.config.latent_scale == pytest.approx(a["latent_scale"]) and ckpt.config.latent_scale == 1.0
+    for name, p in ckpt.state_dict().items():
+        assert torch.equal(p, export.state_dict()[name]), name
+
+    # resume from step 4 in another run dir: the same weights at step 6, bit for bit
+    b = train_vae(_cfg(shards, tmp_path / "b", f"loop.resume={ckpts[0]}"))
+    assert (b["start_step"], b["step"]) == (4, 6)
+    resumed = load_vae(list_checkpoints(tmp_path / "b" / "checkpoints")[-1])
+    for name, p in resumed.state_dict().items():
+        assert torch.equal(p, ckpt.state_dict()[name]), name
+
+
+def test_config_errors(shards, tmp_path):
+    with pytest.raises(ValueError, match="T=4"):
+        train_vae(_cfg(shards, tmp_path, "eval.sizes=[[4,16,16]]"))
+    with pytest.raises(ValueError, match="accum"):
+        train_vae(_cfg(shards, tmp_path, "loop.accum=0"))
+
+
+def test_psnr_report_groups_by_size():
+    from patchpack.model.vae import CausalVAE, VAEConfig
+
+    torch.manual_seed(0)
+    vae = CausalVAE(VAEConfig(temporal=4, widths=[8, 8])).eval()
+    videos = synth_eval_videos([[1, 16, 16], [5, 8, 24], [1, 16, 16]], per_size=2, seed=3)
+    assert [tuple(v.shape) for v in videos[:4]] == [(3, 1, 16, 16)] * 2 + [(3, 5, 8, 24)] * 2
+    report = vae_psnr_report(vae, videos)
+    assert [(r["frames"], r["height"], r["width"], r["clips"]) for r in report] == [(1, 16, 16, 4), (5, 8, 24, 2)]
+    one = vae_psnr_report(vae, videos[2:4])[0]["psnr"]
+    mse = sum(float((vae.decode(vae.encode(v)) - v).pow(2).mean()) for v in videos[2:4]) / 2
+    assert one == pytest.approx(10 * math.log10(4 / mse), abs=0.01)
+    assert vae_psnr_report(vae, videos[2:3], chunk=1)[0]["psnr"] == pytest.approx(psnr(vae.decode(vae.encode(videos[2])), videos[2]), abs=0.01)
