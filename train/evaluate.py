@@ -3,15 +3,16 @@
 For the embedded dataset's captions only (train/synth.py). No learned model, so a score
 measures the generator, not a second network:
   background  per-channel median of every pixel (the plain background covers > 75% of a
-              shape clip), nearest BACKGROUNDS entry;
+              shape clip), nearest BACKGROUNDS entry; none on a clip read as a photo;
   colour      median of the pixels far from the background (their farther half, so blurred
               edges do not pull it), nearest COLOURS entry;
-  object      the object mask (nearer the object's colour than the background's), rolled so
-              an empty row/column is at the edge (synth wraps objects with np.roll), cropped
-              to its box and matched to 13 templates (3 shapes, the same sklearn 8x8 digits
-              synth draws) by mean absolute difference on a 16x16 grid plus the box's aspect;
-  kind        "photo" when the median colour covers under half the pixels, else the
-              template's kind (shape or digit);
+  object      the object mask (nearer the object's colour than the background's; a 3x3
+              majority vote on grainy clips), its widest empty gap of rows/columns rolled to
+              the edge (synth wraps objects with np.roll), cropped to its box and matched to
+              13 templates (3 shapes, the same sklearn 8x8 digits synth draws) by mean
+              absolute difference on a 16x16 grid plus the box's aspect;
+  kind        "photo" when the clip has no plain palette background with one flat object
+              on it (see _is_photo), else the template's kind (shape or digit);
   direction   the mask's circular centroid per frame; frame-to-frame angle differences
               wrapped to (-pi, pi] unwrap np.roll's wrap-around (the circular mean is the
               standard estimator for periodic positions, e.g. Mardia & Jupp, "Directional
