@@ -108,11 +108,11 @@ def run_demo(opts: DemoOptions) -> dict:
     gen_s = time.perf_counter() - t_gen
 
     # 4. evaluate and write everything
-    from .evaluate import evaluate, format_report, score
+    from .evaluate import evaluate, format_report
 
     groups = ["trained" if r.tag.startswith("trained") else "unseen" for r in reqs]
     report = evaluate([(v, r.prompt, g) for v, r, g in zip(videos, reqs, groups)])
-    notes = [[f"{k} {'ok' if ok else 'wrong'}" for k, ok in score(v, r.prompt).items()] for v, r in zip(videos, reqs)]
+    notes = [[f"{k} {'ok' if ok else 'wrong'}" for k, ok in res["scores"].items()] for res in report["results"]]
     records = read_metrics(run_dir / "metrics.jsonl")
     curve = loss_curve(records, out / "loss_curve.png")
     stats = train_stats(records)
