@@ -3,7 +3,8 @@ activation checkpointing and torch.compile per DiT block, autocast precision, an
 data-parallel wrapper. Model code knows nothing of them, and none of them renames a
 parameter, so checkpoints load the same with or without any knob.
 
-Reference: pytorch/torchtitan `parallelize` (apply_ac, apply_compile, apply_ddp/fsdp).
+Reference: pytorch/torchtitan `parallelize` (apply_ac, apply_compile, apply_ddp/fsdp),
+torch.distributed.fsdp.fully_shard (FSDP2).
 """
 
 from __future__ import annotations
@@ -87,22 +88,31 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def check_parallel(parallel: str) -> None:
-    if parallel == "fsdp":
-        raise ValueError("loop.parallel=fsdp is not supported yet (EMA and checkpoints need full "
-                         "tensors on every rank); use loop.parallel=ddp")
-    if parallel != "ddp":
+    if parallel not in ("ddp", "fsdp"):
         raise ValueError(f"loop.parallel must be 'ddp' or 'fsdp', got {parallel!r}")
 
 
-def wrap_data_parallel(module: nn.Module, info: DistInfo, *, parallel: str) -> nn.Module:
-    """DDP around `module` when there is more than one rank; the module itself otherwise.
+def wrap_data_parallel(module: nn.Module, info: DistInfo, *, parallel: str,
+                       blocks: nn.ModuleList | None = None) -> nn.Module:
+    """Data parallelism over the ranks for `module`; the module itself on one rank.
 
-    FSDP2 (`fully_shard`) is not wired: the EMA, the checkpoint writer and the resume
-    all assume full, unsharded tensors on every rank. Asking for it is an error, not a
-    silent fallback to DDP.
+    ddp: DistributedDataParallel, full replicas, gradients averaged by all-reduce.
+    fsdp: FSDP2 `fully_shard`, each of `blocks` a unit and `module` the root: parameters,
+    gradients and optimizer state are sharded over ranks (params become DTensors), and
+    gradients are averaged by reduce-scatter. Apply it after grad checkpointing and
+    compile, and build the optimizer after it (torchtitan's order).
     """
     check_parallel(parallel)
     if not info.enabled:
+        return module
+    if parallel == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(info.device.type, (info.world_size,))
+        for block in blocks or ():
+            fully_shard(block, mesh=mesh)
+        fully_shard(module, mesh=mesh)
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -115,3 +125,51 @@ def wrap_data_parallel(module: nn.Module, info: DistInfo, *, parallel: str) -> n
     quiet = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
     sync = {"forward_sync_buffers": False} if quiet else {"broadcast_buffers": False}
     return DDP(module, device_ids=ids, **sync)
+
+
+# --------------------------------------------------------------------------- sharded <-> full state
+# Checkpoints always hold full tensors, whatever `parallel` wrote them, so a run can resume
+# under ddp, fsdp or one process alike (with the same world size for the data state).
+
+
+def _is_dtensor(x) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(x, DTensor)
+
+
+def full_tensors(tree):
+    """A copy of `tree` with every DTensor gathered to a full tensor. Collective under
+    FSDP: every rank calls it on the same tree, in the same order."""
+    if isinstance(tree, dict):
+        return {k: full_tensors(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(full_tensors(v) for v in tree)
+    if isinstance(tree, torch.Tensor) and _is_dtensor(tree):
+        return tree.full_tensor()
+    return tree
+
+
+def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`full` laid out as `like` (the same DTensor placements), or as is for a plain tensor."""
+    if not _is_dtensor(like):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full.to(like.device), like.device_mesh, like.placements)
+
+
+def shard_optimizer_state(state: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """A full optimizer state_dict -> one whose moments match the (sharded) parameters."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    out = {**state, "state": {}}
+    for idx, per_param in state["state"].items():
+        p = params[int(idx)]
+        out["state"][idx] = {k: shard_like(v, p) if isinstance(v, torch.Tensor) and v.shape == p.shape else v
+                             for k, v in per_param.items()}
+    return out
+
+
+def local_norm(norm: torch.Tensor) -> float:
+    """clip_grad_norm_'s result as a float (a DTensor under FSDP)."""
+    return float(norm.full_tensor() if _is_dtensor(norm) else norm)

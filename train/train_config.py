@@ -76,7 +76,7 @@ class LoopOptions:
     tensorboard: bool = False  # also write run_dir/tb (needs the tensorboard package)
     # devices and parallelism (train/parallel.py, train/distributed.py)
     device: str = "auto"  # "auto": cuda:LOCAL_RANK when CUDA is available, else cpu
-    parallel: str = "ddp"  # under torchrun: "ddp"; "fsdp" (FSDP2) is refused, not wired yet
+    parallel: str = "ddp"  # under torchrun: "ddp" (replicas) or "fsdp" (FSDP2: params/grads/optimizer sharded)
     precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; "fp32" | "bf16"
     grad_checkpointing: bool = False  # recompute each DiT block in backward: ~1 extra forward, less memory
     compile: bool = False  # torch.compile each DiT block (first steps pay the compile time)

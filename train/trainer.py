@@ -56,6 +56,10 @@ from .parallel import (
     autocast_dtype,
     check_parallel,
     check_precision,
+    full_tensors,
+    local_norm,
+    shard_like,
+    shard_optimizer_state,
     wrap_data_parallel,
 )
 from .skips import merge_counts
@@ -253,50 +257,59 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     model.to(device)
     encoder.to(device)
     trained = _trained(model, encoder).train()
-    optimizer = adamw(trained, lr=op.lr, weight_decay=op.weight_decay, betas=tuple(op.betas))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, warmup=op.warmup, total=lp.steps, min_ratio=op.min_lr_ratio))
-    ema = EMA(trained, decay=lp.ema_decay)
     gens = _Generators(_rank_seed(cfg.seed, info.rank), device)
     stream = PackedStream(cfg.data, cfg.packer.build(), rank=info.rank, world_size=info.world_size)
 
-    step, nonfinite_total = 0, 0
+    step, nonfinite_total, state = 0, 0, None
     resume = _resume_path(cfg, ckpt_dir)
-    if resume is not None:  # every rank reads the same checkpoint
+    if resume is not None:  # every rank reads the same checkpoint; weights before any sharding
         step, model_state, state = load_checkpoint(resume)
         model.load_state_dict(model_state)
         if "text" in trained:
             encoder.load_state_dict(state["text"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         mine = _rank_entry(state, info)
         stream.load_state_dict(mine["data"])
         gens.load(mine["rng"])
         nonfinite_total = int(state["nonfinite"])
 
-    # knobs from the outside, after loading (none of them renames a parameter)
+    # knobs from the outside (none renames a parameter), then data parallelism, then the
+    # optimizer over the final (possibly sharded) parameters: torchtitan's order
     if lp.grad_checkpointing:
         apply_grad_checkpointing(model)
     if lp.compile:
         apply_compile(model)
     objective = wrap_data_parallel(FlowObjective(trained, encoder, amp_dtype=amp_dtype), info,
-                                   parallel=lp.parallel)
+                                   parallel=lp.parallel, blocks=model.blocks)
+    optimizer = adamw(trained, lr=op.lr, weight_decay=op.weight_decay, betas=tuple(op.betas))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, warmup=op.warmup, total=lp.steps, min_ratio=op.min_lr_ratio))
+    ema = EMA(trained, decay=lp.ema_decay)
+    if state is not None:
+        sharded = dict(ema.shadow)
+        ema.load_state_dict(state["ema"])
+        ema.shadow = {k: shard_like(v, sharded[k]) for k, v in ema.shadow.items()}
+        optimizer.load_state_dict(shard_optimizer_state(state["optimizer"], optimizer))
+        scheduler.load_state_dict(state["scheduler"])
+        state = None  # the checkpoint's tensors are not needed any more
     flow_cfg = FlowConfig()
 
     def checkpoint() -> Path | None:
         """Collective: rank 0 writes, the others wait until the checkpoint is in place."""
         ranks = gather_to_main(info, {"data": stream.state_dict(), "rng": gens.state()})
+        # full tensors on every rank first: gathering FSDP shards is itself a collective
+        full = full_tensors({"model": model.state_dict(), "ema": ema.state_dict(),
+                             "optimizer": optimizer.state_dict(),
+                             "text": encoder.state_dict() if "text" in trained else None})
         path = None
         if info.is_main:
             state = {
-                "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                "ema": full["ema"], "optimizer": full["optimizer"],
                 "scheduler": scheduler.state_dict(), "ranks": ranks, "world_size": info.world_size,
                 "nonfinite": nonfinite_total, "config": config_yaml,
             }
             if "text" in trained:
-                state["text"] = encoder.state_dict()
-            path = save_checkpoint(ckpt_dir, step, model_state=model.state_dict(), state=state, keep=lp.keep)
+                state["text"] = full["text"]
+            path = save_checkpoint(ckpt_dir, step, model_state=full["model"], state=state, keep=lp.keep)
         barrier(info)
         return path
 
@@ -336,7 +349,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                 if reason is None:
                     out.loss.backward()  # DDP all-reduces (averages) gradients here
                     clip = op.grad_clip if op.grad_clip > 0 else math.inf
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(trained.parameters(), clip))
+                    grad_norm = local_norm(torch.nn.utils.clip_grad_norm_(trained.parameters(), clip))
                     reason = None if math.isfinite(grad_norm) else "nonfinite_grad"
                 if reason is not None:  # skip on every rank: no optimizer, scheduler or EMA step
                     optimizer.zero_grad(set_to_none=True)

@@ -29,8 +29,11 @@ from patchpack.train import trainer
 from patchpack.train.options import load_config
 from patchpack.train.train_config import TrainConfig
 
+import torch.distributed as dist
+
 overrides, out = json.loads(sys.argv[1]), sys.argv[2]
 rank = int(os.environ["RANK"])
+dist.init_process_group("gloo")  # ours: train() joins it and leaves it open for the gathers below
 seen, objectives = [], []
 real = trainer.FlowObjective.forward
 
@@ -41,10 +44,12 @@ def recording(self, batch, *args, **kw):
 
 trainer.FlowObjective.forward = recording
 summary = trainer.train(load_config(TrainConfig, None, overrides))
-weights = {k: v.detach().contiguous() for k, v in objectives[-1].trained.state_dict().items()}
+full = lambda v: v.full_tensor() if hasattr(v, "full_tensor") else v  # FSDP shards: a collective
+weights = {k: full(v).detach().contiguous() for k, v in objectives[-1].trained.state_dict().items()}
 save_file(weights, f"{out}/weights_{rank}.safetensors")
 with open(f"{out}/rank_{rank}.json", "w") as f:
     json.dump({"batches": seen, "summary": summary}, f)
+dist.destroy_process_group()
 """
 
 
@@ -97,10 +102,21 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_two_ranks_read_disjoint_data_end_identical_and_resume_bitwise(shards, tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    opts = ("data.epochs=1", "loop.steps=50", "loop.ckpt_every=1", "loop.keep=100")
-    records, weights = _torchrun(tmp_path, "out_a", _overrides(shards, a, *opts))
+_OPTS = ("data.epochs=1", "loop.steps=50", "loop.ckpt_every=1", "loop.keep=100")
+
+
+@pytest.fixture(scope="module")
+def ddp_run(shards, tmp_path_factory):
+    """One 2-rank DDP run over one epoch, a checkpoint every step."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    records, weights = _torchrun(tmp, "out_a", _overrides(shards, tmp / "a", *_OPTS))
+    return tmp / "a", records, weights
+
+
+def test_two_ranks_read_disjoint_data_end_identical_and_resume_bitwise(shards, ddp_run, tmp_path):
+    a, records, weights = ddp_run
+    b = tmp_path / "b"
+    opts = _OPTS
 
     urls = sorted(str(p) for p in Path(shards).glob("*.tar"))
     assert len(urls) == 6
@@ -140,3 +156,29 @@ def test_two_ranks_read_disjoint_data_end_identical_and_resume_bitwise(shards, t
     la = {r["step"]: r["loss"] for r in rows}
     lb = {r["step"]: r["loss"] for r in read_metrics(b / "metrics.jsonl") if "loss" in r}
     assert sorted(lb) == list(range(2, last + 1)) and all(la[s] == lb[s] for s in lb)  # bitwise
+
+
+@pytest.mark.slow  # a third torchrun launch: ~25 s more on 2 loaded cores
+def test_fsdp_resumes_a_ddp_checkpoint_and_tracks_the_ddp_run(shards, ddp_run, tmp_path):
+    a, ddp_records, ddp_weights = ddp_run
+    c = tmp_path / "c"
+    (c / "checkpoints").mkdir(parents=True)
+    shutil.copytree(a / "checkpoints" / "step_00000001", c / "checkpoints" / "step_00000001")
+    recs, wc = _torchrun(tmp_path, "out_c", _overrides(shards, c, *_OPTS, "loop.parallel=fsdp"))
+    last = ddp_records[0]["summary"]["step"]
+    assert all(r["summary"]["start_step"] == 1 and r["summary"]["step"] == last for r in recs)
+    # the same batches per rank as the DDP run after its step 1
+    assert [r["batches"] for r in recs] == [r["batches"][1:] for r in ddp_records]
+    assert _same(wc[0], wc[1])
+    for k in ddp_weights[0]:  # reduce-scatter vs all-reduce: equal up to float rounding
+        torch.testing.assert_close(wc[0][k], ddp_weights[0][k], rtol=1e-4, atol=1e-6, msg=k)
+    la = {r["step"]: r["loss"] for r in read_metrics(a / "metrics.jsonl") if "loss" in r}
+    lc = {r["step"]: r["loss"] for r in read_metrics(c / "metrics.jsonl") if "loss" in r}
+    assert sorted(lc) == list(range(2, last + 1))
+    assert all(abs(lc[s] - la[s]) <= 1e-4 * abs(la[s]) for s in lc)
+    # the checkpoint FSDP wrote holds full tensors, in the same layout as DDP's
+    _, ms_a, st_a = load_checkpoint(latest_checkpoint(a / "checkpoints"))
+    _, ms_c, st_c = load_checkpoint(latest_checkpoint(c / "checkpoints"))
+    assert {k: v.shape for k, v in ms_a.items()} == {k: v.shape for k, v in ms_c.items()}
+    assert {k: v.shape for k, v in st_a["ema"].items()} == {k: v.shape for k, v in st_c["ema"].items()}
+    assert st_a["optimizer"]["state"].keys() == st_c["optimizer"]["state"].keys()

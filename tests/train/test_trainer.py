@@ -167,8 +167,8 @@ def test_tensorboard_gets_every_numeric_field_and_skip_counts(shards, tmp_path, 
 
 
 def test_unsupported_parallel_and_precision_are_refused(shards, tmp_path):
-    with pytest.raises(ValueError, match="loop.parallel=fsdp is not supported"):
-        trainer.train(_cfg(shards, tmp_path, steps=1, parallel="fsdp"))
+    with pytest.raises(ValueError, match="loop.parallel must be 'ddp' or 'fsdp', got 'zero'"):
+        trainer.train(_cfg(shards, tmp_path, steps=1, parallel="zero"))
     with pytest.raises(ValueError, match="loop.precision must be"):
         trainer.train(_cfg(shards, tmp_path, steps=1, precision="fp16"))
 
