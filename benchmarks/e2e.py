@@ -1,21 +1,31 @@
 """End-to-end training benchmark: useful tokens/s and loss per useful token, per batching.
 
     python benchmarks/e2e.py [--quick] [--out DIR] [--seed N] [--steps N] [--max-len L] [--rows B]
+                             [--budget N]
 
 The same model (tiny DiT + tiny text encoder, fp32, one torch thread, the "cpu"
 attention backend), the same initial weights and the same compute budget under four
-ways of batching the same stream of synthetic clips (`train.synth.make_sample`):
+ways of batching the same stream of synthetic clips (`train.synth.make_sample`), each
+budget-resized to at most N tokens (--budget, default L: one clip may fill a row):
 
-    packed (bfd)   our packer: online best fit with 16 open rows; several samples per row,
-                   each sample its own attention segment
-    pad-to-max     one sample per row, padded to L
+    packed (bfd)   our packer: online best fit with 16 open rows of L; several samples per
+                   row, each sample its own attention segment
+    pad-to-max     one sample per row of N slots (the largest sample), padded to N; a step
+                   holds B x L / N such rows
     buckets        Open-Sora-style: each clip resized to cover a (resolution, frames, aspect)
-                   bucket and centre-cropped; a row holds as many same-bucket samples as fit
+                   bucket of at most N tokens and centre-cropped; a row of L holds as many
+                   same-bucket samples as fit, i.e. a bucket batch of floor(L / bucket) clips
                    (the bucket table of benchmarks/packing.py, resolutions scaled to the clips)
-    next_fit       our packer with the NaViT greedy policy
+    next_fit       our packer with the NaViT greedy policy, rows of L
 
-Compute budget: every batching runs the same number of optimizer steps of B rows x L
-token slots (forward + backward + AdamW, same LR schedule). Steps are interleaved round
+With N < L (e.g. L=2048, N=1024, NaViT's usual setting) packers can put several full-size
+clips in one row; pad-to-max and buckets keep their natural unit (a padded sample, a
+bucket batch) and get the same slots per step.
+
+Compute budget: every batching runs the same number of optimizer steps of B x L token
+slots (forward + backward + AdamW, same LR schedule). Linear layers cost the same per
+slot for all; self-attention costs the sum of squared segment lengths, which differs
+(logged as `attn pairs`: padding runs are segments too). Steps are interleaved round
 robin across the batchings, so load from other processes on a shared machine hits all
 four alike. Data preparation (clip synthesis, budget resize, patchify, bucket crops) and
 row planning happen before the timed loop; `pack` runs between steps, outside the timer.
@@ -24,8 +34,11 @@ Metrics per batching:
     useful tokens/s   non-padding tokens trained on / wall time of the timed steps (the first
                       step, which allocates, is not timed); bucket crops are never counted,
                       since they are not in the batch; `lost` is their share of the source
+                      (the resized clip before the crop)
     us/useful token   the inverse, in microseconds
     fill              useful tokens / token slots
+    attn pairs        query-key pairs of self-attention per step (sum of squared segment
+                      lengths, padding segments included): the term that is not per slot
     eval loss         flow loss of a held-out set of clips at fixed t and noise, every few
                       steps; compared at equal useful tokens seen (linear interpolation at the
                       smallest total any batching reached) and at equal steps (the end)
@@ -106,8 +119,12 @@ def assign_bucket(frames: int, height: int, width: int, *, budget: int) -> tuple
     return best
 
 
-def bucket_sample(video_CTHW: torch.Tensor, bucket: tuple[int, int, int], *, key: str, meta: dict) -> PatchedSample:
-    """Keep the bucket's leading frames, resize to cover its size (aspect kept), centre-crop, patchify."""
+def bucket_sample(video_CTHW: torch.Tensor, bucket: tuple[int, int, int], *, key: str,
+                  meta: dict) -> tuple[PatchedSample, float]:
+    """Keep the bucket's leading frames, resize to cover its size (aspect kept), centre-crop, patchify.
+
+    Also returns the tokens the crop cut away (frames x cropped area / patch area).
+    """
     frames, rows, cols = bucket
     th, tw = rows * PATCH[1], cols * PATCH[2]
     _, _, h, w = video_CTHW.shape
@@ -118,7 +135,8 @@ def bucket_sample(video_CTHW: torch.Tensor, bucket: tuple[int, int, int], *, key
     top, left = (rh - th) // 2, (rw - tw) // 2
     x_CTHW = x_TCHW[:, :, top : top + th, left : left + tw].transpose(0, 1).contiguous()
     tokens, coords = patchify(x_CTHW, PATCH)
-    return PatchedSample(tokens, coords, patch_grid(frames, th, tw, PATCH), key=key, meta=meta)
+    cropped = frames * (rh * rw - th * tw) / (PATCH[1] * PATCH[2])
+    return PatchedSample(tokens, coords, patch_grid(frames, th, tw, PATCH), key=key, meta=meta), cropped
 
 
 # ---------------------------------------------------------------------------
@@ -128,6 +146,7 @@ def bucket_sample(video_CTHW: torch.Tensor, bucket: tuple[int, int, int], *, key
 class Clip:
     fit: PatchedSample  # budget-resized (prepare_sample): what packers and pad-to-max train on
     bucket: PatchedSample | None  # bucket-cropped; None when no bucket fits (the clip is lost)
+    cropped: float = 0.0  # tokens of the bucket-resized clip outside its centre crop
 
 
 def make_clip(rng: random.Random, gen: torch.Generator, *, cfg: PackerConfig, key: str) -> Clip:
@@ -138,18 +157,22 @@ def make_clip(rng: random.Random, gen: torch.Generator, *, cfg: PackerConfig, ke
     fit = prepare_sample(video_CTHW, config=cfg, generator=gen, key=key, meta=meta)
     t, h, w = frames_THWC.shape[:3]
     bucket = assign_bucket(t, h, w, budget=cfg.token_budget)
-    return Clip(fit, None if bucket is None else bucket_sample(video_CTHW, bucket, key=key, meta=meta))
+    if bucket is None:
+        return Clip(fit, None)
+    return Clip(fit, *bucket_sample(video_CTHW, bucket, key=key, meta=meta))
 
 
 class RowFormer:
-    """Turns the clip stream into closed rows of L slots (lists of clip indices) for one batching.
+    """Turns the clip stream into closed rows (lists of clip indices) for one batching.
 
+    Rows are `row_len` slots: the budget for pad-to-max (one padded sample), L for the rest.
     Only closed rows are used: an endless training stream never emits the part-full rows a
     finite one would flush at its end.
     """
 
-    def __init__(self, name: str, max_len: int) -> None:
+    def __init__(self, name: str, max_len: int, *, budget: int) -> None:
         self.name, self.max_len = name, max_len
+        self.row_len = budget if name == "pad-to-max" else max_len
         self.rows: list[list[int]] = []
         self.engine = {"packed (bfd)": lambda: make_engine("bfd", max_len, open_bins=BUFFER),
                        "next_fit": lambda: make_engine("next_fit", max_len)}.get(name, lambda: None)()
@@ -175,15 +198,22 @@ class RowFormer:
                 self.rows.append(self.open_buckets.pop(s.grid))
 
 
-def make_stream(*, need_rows: int, seed: int, cfg: PackerConfig, max_clips: int) -> tuple[list[Clip], dict[str, RowFormer]]:
-    """Clips until every batching has `need_rows` closed rows."""
+def rows_per_step(former: RowFormer, rows: int) -> int:
+    """Rows of `former.row_len` that make up `rows` x L slots (main checks the division)."""
+    return rows * former.max_len // former.row_len
+
+
+def make_stream(*, steps: int, rows: int, seed: int, cfg: PackerConfig,
+                max_clips: int) -> tuple[list[Clip], dict[str, RowFormer]]:
+    """Clips until every batching has closed rows for `steps` steps of `rows` x L slots."""
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
-    formers = {name: RowFormer(name, cfg.max_len) for name in BATCHINGS}
+    formers = {name: RowFormer(name, cfg.max_len, budget=cfg.token_budget) for name in BATCHINGS}
+    need = {n: steps * rows_per_step(f, rows) for n, f in formers.items()}
     clips: list[Clip] = []
-    while min(len(f.rows) for f in formers.values()) < need_rows:
+    while any(len(f.rows) < need[n] for n, f in formers.items()):
         if len(clips) >= max_clips:
             short = {n: len(f.rows) for n, f in formers.items()}
-            raise ValueError(f"{max_clips} clips gave too few rows {short} for {need_rows}; raise --max-clips")
+            raise ValueError(f"{max_clips} clips gave too few rows {short} for {need}; raise --max-clips")
         clips.append(make_clip(rng, gen, cfg=cfg, key=f"train/{len(clips):05d}"))
         for f in formers.values():
             f.add(len(clips) - 1, clips[-1])
@@ -191,15 +221,34 @@ def make_stream(*, need_rows: int, seed: int, cfg: PackerConfig, max_clips: int)
 
 
 def step_batch(clips: list[Clip], former: RowFormer, step: int, rows: int):
-    """The PackedBatch of `rows` rows for one step, and the source tokens of its clips."""
-    bins = former.rows[step * rows : (step + 1) * rows]
+    """The PackedBatch of `rows` x L slots for one step, and the source tokens of its clips.
+
+    Source: the trained tokens plus, for buckets, those their crops cut away. (The budget-resized
+    clip is no yardstick for buckets: a bucket may trade frames for area and hold more tokens.)
+    """
+    n = rows_per_step(former, rows)
+    bins = former.rows[step * n : (step + 1) * n]
     samples = [former.sample(clips[i]) for b in bins for i in b]
     local, k = [], 0
     for b in bins:
         local.append(list(range(k, k + len(b))))
         k += len(b)
-    source = sum(len(clips[i].fit) for b in bins for i in b)
-    return pack(samples, local, former.max_len, rows=rows), source
+    source = sum(len(s) for s in samples)
+    if former.name == "buckets":
+        source += sum(clips[i].cropped for b in bins for i in b)
+    return pack(samples, local, former.row_len, rows=n), source
+
+
+def attention_pairs(batch) -> tuple[int, int]:
+    """Self-attention query-key pairs of a batch: (sample segments, padding segments).
+
+    Attention FLOPs are ~4 x hidden x pairs per layer forward, quadratic in each segment's
+    length and independent of how segments are laid out in rows.
+    """
+    lengths = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).long()
+    sq = lengths * lengths
+    pad = batch.segment_sample < 0
+    return int(sq[~pad].sum()), int(sq[pad].sum())
 
 
 # ---------------------------------------------------------------------------
@@ -215,7 +264,8 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     gen: torch.Generator  # timesteps, noise, caption dropout
     log: dict = field(default_factory=lambda: {"step_s": [], "useful": [], "slots": [], "source": [],
-                                               "samples": [], "train_loss": [], "eval": []})
+                                               "samples": [], "attn_useful": [], "attn_pad": [],
+                                               "train_loss": [], "eval": []})
 
 
 def make_run(name: str, *, seed: int, steps: int, depth: int | None) -> Run:
@@ -286,6 +336,10 @@ def train_all(clips: list[Clip], formers: dict[str, RowFormer], ev: EvalSet, *, 
             lg["slots"].append(batch.shape[0] * batch.shape[1])
             lg["source"].append(source)
             lg["samples"].append(batch.num_samples)
+            attn_useful, attn_pad = attention_pairs(batch)
+            lg["attn_useful"].append(attn_useful)
+            lg["attn_pad"].append(attn_pad)
+            lg["layout"] = batch.shape
             lg["train_loss"].append(loss)
             if (step + 1) % eval_every == 0 or step + 1 == steps:
                 lg["eval"].append({"step": step + 1, "useful_tokens": sum(lg["useful"]), "loss": evaluate(run, ev)})
@@ -305,6 +359,9 @@ def summarise(run: Run) -> dict:
         "steps": len(lg["step_s"]),
         "useful_tokens": sum(lg["useful"]),
         "slots": sum(lg["slots"]),
+        "layout": list(lg["layout"]),  # (rows, row length) of a step
+        "attn_pairs_per_step": (sum(lg["attn_useful"]) + sum(lg["attn_pad"])) / len(lg["attn_useful"]),
+        "attn_pad_share": sum(lg["attn_pad"]) / max(sum(lg["attn_useful"]) + sum(lg["attn_pad"]), 1),
         "samples": sum(lg["samples"]),
         "fill": sum(lg["useful"]) / max(sum(lg["slots"]), 1),
         "lost": 1 - sum(lg["useful"]) / max(sum(lg["source"]), 1),  # crops: only buckets lose source tokens
@@ -349,13 +406,15 @@ def results_table(results: list[dict], common: int) -> str:
     rows = []
     for r in results:
         rows.append([
-            r["batching"], f"{r['useful_tokens_per_s']:,.0f}", f"{r['us_per_useful_token']:.0f}",
-            f"{p['useful_tokens_per_s'] / r['useful_tokens_per_s']:.2f}x", f"{100 * r['fill']:.1f}%",
-            f"{100 * r['lost']:.1f}%", f"{r['slots_per_s']:,.0f}", r["samples"], f"{r['useful_tokens']:,}",
-            f"{r['eval_loss_at_common_tokens']:.4f}", f"{r['final_eval_loss']:.4f}",
+            r["batching"], "{} x {}".format(*r["layout"]), f"{r['useful_tokens_per_s']:,.0f}",
+            f"{r['us_per_useful_token']:.0f}", f"{p['useful_tokens_per_s'] / r['useful_tokens_per_s']:.2f}x",
+            f"{100 * r['fill']:.1f}%", f"{100 * r['lost']:.1f}%", f"{r['slots_per_s']:,.0f}",
+            f"{r['attn_pairs_per_step'] / 1e6:.2f}M ({100 * r['attn_pad_share']:.0f}% pad)", r["samples"],
+            f"{r['useful_tokens']:,}", f"{r['eval_loss_at_common_tokens']:.4f}", f"{r['final_eval_loss']:.4f}",
         ])  # fmt: skip
-    headers = ["batching", "useful tok/s", "us/useful tok", "packed / this", "fill", "lost", "slots/s",
-               "samples", "useful tokens", f"eval loss @ {common:,} tok", "eval loss @ end"]
+    headers = ["batching", "rows x len", "useful tok/s", "us/useful tok", "packed / this", "fill", "lost",
+               "slots/s", "attn pairs/step", "samples", "useful tokens", f"eval loss @ {common:,} tok",
+               "eval loss @ end"]
     return markdown_table(headers, rows)
 
 
@@ -394,7 +453,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per batching (default 4 quick, 48 full)")
     p.add_argument("--max-len", type=int, default=None, help="L, token slots per row (default 512 quick, 1024 full)")
-    p.add_argument("--rows", type=int, default=2, help="rows per step")
+    p.add_argument("--rows", type=int, default=2, help="rows of L per step")
+    p.add_argument("--budget", type=int, default=None,
+                   help="tokens per sample (default L); rows x L must be a multiple (pad-to-max rows are this long)")
     p.add_argument("--eval-every", type=int, default=None, help="steps between held-out evals (default 2 quick, 6 full)")
     p.add_argument("--eval-clips", type=int, default=None, help="held-out clips (default 4 quick, 8 full)")
     p.add_argument("--depth", type=int, default=None, help="DiT depth (default: the tiny preset's; 2 quick)")
@@ -409,14 +470,18 @@ def main(argv: list[str] | None = None) -> dict:
     eval_every = args.eval_every or (2 if args.quick else 6)
     eval_clips = args.eval_clips or (4 if args.quick else 8)
     depth = args.depth if args.depth is not None else (2 if args.quick else None)
+    budget = args.budget or max_len
     if min(steps, max_len, args.rows, eval_every, eval_clips) < 1:
         raise ValueError(f"steps, max_len, rows, eval_every, eval_clips must be >= 1: {steps}, {max_len}, "
                          f"{args.rows}, {eval_every}, {eval_clips}")
+    if not 1 <= budget <= max_len or (args.rows * max_len) % budget:
+        raise ValueError(f"budget={budget} must be in [1, max_len={max_len}] and divide rows x max_len = "
+                         f"{args.rows} x {max_len}, so pad-to-max rows of the budget fill a step's slots exactly")
     torch.set_num_threads(1)
     t_start = time.perf_counter()
 
-    cfg = PackerConfig(patch=PATCH, max_len=max_len, max_frames=MAX_FRAMES)  # budget = L
-    clips, formers = make_stream(need_rows=steps * args.rows, seed=args.seed, cfg=cfg, max_clips=args.max_clips)
+    cfg = PackerConfig(patch=PATCH, max_len=max_len, max_frames=MAX_FRAMES, max_tokens_per_sample=budget)
+    clips, formers = make_stream(steps=steps, rows=args.rows, seed=args.seed, cfg=cfg, max_clips=args.max_clips)
     ev = make_eval_set(eval_clips, seed=args.seed + 10_000, cfg=cfg)
     prep_s = time.perf_counter() - t_start
     runs = train_all(clips, formers, ev, steps=steps, rows=args.rows, eval_every=eval_every, seed=args.seed, depth=depth)
@@ -430,10 +495,12 @@ def main(argv: list[str] | None = None) -> dict:
     n_params = sum(x.numel() for x in runs[0].params.parameters())
     head = (f"# end-to-end benchmark: {steps} steps x {args.rows} rows x L={max_len} slots per batching, "
             f"tiny DiT depth {runs[0].dit.config.depth} + tiny text encoder ({n_params / 1e6:.2f}M params), "
-            f"fp32, torch threads 1, attn cpu; patch {PATCH} on pixels, <= {MAX_FRAMES} frames, budget L; "
+            f"fp32, torch threads 1, attn cpu; patch {PATCH} on pixels, <= {MAX_FRAMES} frames, "
+            f"budget {budget} tokens per sample; "
             f"{len(clips)} synthetic clips streamed (prepared in {prep_s:.1f} s), {eval_clips} held out")
     report = "\n\n".join([
-        f"## Same compute: {steps} steps of {args.rows} x {max_len} slots, steps interleaved\n\n{results_table(results, common)}",
+        f"## Same compute: {steps} steps of {args.rows} x {max_len} slots, budget {budget}, steps interleaved"
+        f"\n\n{results_table(results, common)}",
         "## Targets\n\n" + markdown_table(["target", "measured", "result"], targets),
     ])
     print(head)
@@ -449,7 +516,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "lr": LR, "warmup": WARMUP, "grad_clip": GRAD_CLIP, "caption_dropout": CAPTION_DROPOUT,
                    "eval_every": eval_every, "eval_clips": eval_clips, "eval_tokens": int(ev.batch.num_tokens.sum()),
                    "bucket_res_scale": RES_SCALE, "loss_tol": LOSS_TOL,
-                   "compute_budget": "same optimizer steps of rows x max_len slots; steps interleaved round robin"},
+                   "compute_budget": "same optimizer steps of rows x max_len slots (pad-to-max: rows x max_len / budget rows "
+                                     "of budget); steps interleaved round robin"},
         "machine": machine_info(),
         "clips": len(clips),
         "common_useful_tokens": common,
@@ -458,10 +526,11 @@ def main(argv: list[str] | None = None) -> dict:
         "targets": [{"target": t, "measured": m, "result": r} for t, m, r in targets],
         "seconds": time.perf_counter() - t_start,
     }
-    write_json(args.out / "e2e.json", payload)
-    (args.out / "e2e.md").write_text(head + "\n\n" + report + "\n")
-    png = plot(results, common, args.out / "e2e.png")
-    print(f"\nwrote {args.out / 'e2e.json'}, {args.out / 'e2e.md'}" + (f", {png}" if png else "") + f" in {payload['seconds']:.1f} s")
+    stem = "e2e" if budget == max_len else f"e2e_L{max_len}_budget{budget}"  # one regime never overwrites the other
+    write_json(args.out / f"{stem}.json", payload)
+    (args.out / f"{stem}.md").write_text(head + "\n\n" + report + "\n")
+    png = plot(results, common, args.out / f"{stem}.png")
+    print(f"\nwrote {args.out / stem}.json, .md" + (f", {png}" if png else "") + f" in {payload['seconds']:.1f} s")
     return payload
 
 
