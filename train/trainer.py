@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -240,16 +241,37 @@ def train(cfg: TrainConfig) -> dict:
         close_distributed(info)
 
 
-def _train(cfg: TrainConfig, info: DistInfo) -> dict:
+@dataclass
+class _Run:
+    """Everything one rank trains with, built (and resumed) by `_setup`."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    config_yaml: str
+    model: DiT
+    encoder: nn.Module
+    trained: nn.ModuleDict  # what the optimizer and EMA own
+    objective: nn.Module  # FlowObjective, wrapped for data parallelism
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: EMA
+    gens: _Generators
+    stream: PackedStream
+    step: int = 0
+    nonfinite_total: int = 0
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return Path(self.cfg.run_dir) / "checkpoints"
+
+
+def _setup(cfg: TrainConfig, info: DistInfo) -> _Run:
     lp, op = cfg.loop, cfg.optim
-    torch.set_num_threads(lp.threads)
     device = info.device
-    run_dir = Path(cfg.run_dir)
-    ckpt_dir = run_dir / "checkpoints"
     config_yaml = to_yaml(cfg)
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_yaml)
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.run_dir) / "config.yaml").write_text(config_yaml)
     amp_dtype = autocast_dtype(lp.precision, device)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -261,7 +283,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     stream = PackedStream(cfg.data, cfg.packer.build(), rank=info.rank, world_size=info.world_size)
 
     step, nonfinite_total, state = 0, 0, None
-    resume = _resume_path(cfg, ckpt_dir)
+    resume = _resume_path(cfg, Path(cfg.run_dir) / "checkpoints")
     if resume is not None:  # every rank reads the same checkpoint; weights before any sharding
         step, model_state, state = load_checkpoint(resume)
         model.load_state_dict(model_state)
@@ -290,42 +312,54 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         ema.shadow = {k: shard_like(v, sharded[k]) for k, v in ema.shadow.items()}
         optimizer.load_state_dict(shard_optimizer_state(state["optimizer"], optimizer))
         scheduler.load_state_dict(state["scheduler"])
-        state = None  # the checkpoint's tensors are not needed any more
-    flow_cfg = FlowConfig()
+    return _Run(cfg, info, config_yaml, model, encoder, trained, objective, optimizer, scheduler, ema, gens,
+                stream, step, nonfinite_total)
 
-    def checkpoint() -> Path | None:
-        """Collective: rank 0 writes, the others wait until the checkpoint is in place."""
-        ranks = gather_to_main(info, {"data": stream.state_dict(), "rng": gens.state()})
-        # full tensors on every rank first: gathering FSDP shards is itself a collective
-        full = full_tensors({"model": model.state_dict(), "ema": ema.state_dict(),
-                             "optimizer": optimizer.state_dict(),
-                             "text": encoder.state_dict() if "text" in trained else None})
-        path = None
-        if info.is_main:
-            state = {
-                "ema": full["ema"], "optimizer": full["optimizer"],
-                "scheduler": scheduler.state_dict(), "ranks": ranks, "world_size": info.world_size,
-                "nonfinite": nonfinite_total, "config": config_yaml,
-            }
-            if "text" in trained:
-                state["text"] = full["text"]
-            path = save_checkpoint(ckpt_dir, step, model_state=full["model"], state=state, keep=lp.keep)
-        barrier(info)
-        return path
+
+def _save(run: _Run) -> Path | None:
+    """Collective: rank 0 writes a checkpoint, the others wait until it is in place."""
+    info, has_text = run.info, "text" in run.trained
+    ranks = gather_to_main(info, {"data": run.stream.state_dict(), "rng": run.gens.state()})
+    # full tensors on every rank first: gathering FSDP shards is itself a collective
+    full = full_tensors({"model": run.model.state_dict(), "ema": run.ema.state_dict(),
+                         "optimizer": run.optimizer.state_dict(),
+                         "text": run.encoder.state_dict() if has_text else None})
+    path = None
+    if info.is_main:
+        state = {
+            "ema": full["ema"], "optimizer": full["optimizer"], "scheduler": run.scheduler.state_dict(),
+            "ranks": ranks, "world_size": info.world_size, "nonfinite": run.nonfinite_total,
+            "config": run.config_yaml,
+        }
+        if has_text:
+            state["text"] = full["text"]
+        path = save_checkpoint(run.ckpt_dir, run.step, model_state=full["model"], state=state,
+                               keep=run.cfg.loop.keep)
+    barrier(info)
+    return path
+
+
+def _train(cfg: TrainConfig, info: DistInfo) -> dict:
+    lp, op = cfg.loop, cfg.optim
+    torch.set_num_threads(lp.threads)
+    device = info.device
+    run = _setup(cfg, info)
+    optimizer, scheduler, stream, gens = run.optimizer, run.scheduler, run.stream, run.gens
+    flow_cfg = FlowConfig()
 
     log = None
     if info.is_main:
-        bar = Progress(total=lp.steps, initial=step, enabled=lp.progress)
-        log = MetricsLog(run_dir / "metrics.jsonl", console=True, bar=bar,
-                         tensorboard_dir=run_dir / "tb" if lp.tensorboard else None)
-    start_step, nonfinite_run, stopped = step, 0, "steps"
+        bar = Progress(total=lp.steps, initial=run.step, enabled=lp.progress)
+        log = MetricsLog(Path(cfg.run_dir) / "metrics.jsonl", console=True, bar=bar,
+                         tensorboard_dir=Path(cfg.run_dir) / "tb" if lp.tensorboard else None)
+    start_step, nonfinite_run, stopped = run.step, 0, "steps"
     window = _Window()
     last_loss = math.nan
     saved_at = -1
     try:
         with _StopFlag() as stop:
             batches = stream.loader(num_workers=lp.num_workers)
-            while step < lp.steps:
+            while run.step < lp.steps:
                 # agree before reading a batch, so the saved data state is exactly "before it"
                 if any_rank(info, [stop.set])[0]:
                     stopped = "sigterm"
@@ -338,7 +372,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                     captions = drop_captions([m["caption"] for m in batch.meta], lp.caption_dropout,
                                              generator=gens.cpu)
                     t_S = sample_timesteps(batch.grid, config=flow_cfg, generator=gens.cpu)
-                    out = objective(batch, captions, t_S, gens.noise)
+                    out = run.objective(batch, captions, t_S, gens.noise)
                 exhausted, bad_loss = any_rank(info, [batch is None, out is not None and
                                                       not bool(torch.isfinite(out.loss))])
                 if exhausted:
@@ -349,40 +383,40 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                 if reason is None:
                     out.loss.backward()  # DDP all-reduces (averages) gradients here
                     clip = op.grad_clip if op.grad_clip > 0 else math.inf
-                    grad_norm = local_norm(torch.nn.utils.clip_grad_norm_(trained.parameters(), clip))
+                    grad_norm = local_norm(torch.nn.utils.clip_grad_norm_(run.trained.parameters(), clip))
                     reason = None if math.isfinite(grad_norm) else "nonfinite_grad"
                 if reason is not None:  # skip on every rank: no optimizer, scheduler or EMA step
                     optimizer.zero_grad(set_to_none=True)
-                    nonfinite_total += 1
+                    run.nonfinite_total += 1
                     nonfinite_run += 1
                     if log is not None:
-                        log.log(step, {"skipped_step": reason, "nonfinite_total": nonfinite_total})
+                        log.log(run.step, {"skipped_step": reason, "nonfinite_total": run.nonfinite_total})
                     if nonfinite_run >= lp.max_nonfinite:
-                        raise RuntimeError(f"{nonfinite_run} non-finite steps in a row at step {step} "
+                        raise RuntimeError(f"{nonfinite_run} non-finite steps in a row at step {run.step} "
                                            f"(last: {reason}); stopping (loop.max_nonfinite={lp.max_nonfinite})")
                     continue
                 nonfinite_run = 0
                 optimizer.step()
                 scheduler.step()
-                ema.update(trained)
-                step += 1
+                run.ema.update(run.trained)
+                run.step += 1
                 last_loss = float(out.loss.detach())
                 window.add(loss=last_loss, grad_norm=grad_norm, batch=batch)
                 if log is not None:
-                    log.bar.update(step, last_loss)
-                if step % lp.log_every == 0 or step == lp.steps:
+                    log.bar.update(run.step, last_loss)
+                if run.step % lp.log_every == 0 or run.step == lp.steps:
                     record = window.record(info, lr=scheduler.get_last_lr()[0], skips=stream.skips,
-                                           nonfinite_total=nonfinite_total)
+                                           nonfinite_total=run.nonfinite_total)
                     if log is not None:
-                        log.log(step, record)
-                if step % lp.ckpt_every == 0:
-                    checkpoint()
-                    saved_at = step
-        if saved_at != step:
-            checkpoint()
+                        log.log(run.step, record)
+                if run.step % lp.ckpt_every == 0:
+                    _save(run)
+                    saved_at = run.step
+        if saved_at != run.step:
+            _save(run)
     finally:
         if log is not None:
             log.close()
-    return {"step": step, "start_step": start_step, "loss": last_loss, "stopped": stopped,
-            "nonfinite": nonfinite_total, "skipped": stream.skips, "run_dir": str(run_dir),
-            "checkpoint": str(latest_checkpoint(ckpt_dir)), "rank": info.rank, "world_size": info.world_size}
+    return {"step": run.step, "start_step": start_step, "loss": last_loss, "stopped": stopped,
+            "nonfinite": run.nonfinite_total, "skipped": stream.skips, "run_dir": cfg.run_dir,
+            "checkpoint": str(latest_checkpoint(run.ckpt_dir)), "rank": info.rank, "world_size": info.world_size}
