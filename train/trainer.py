@@ -1,18 +1,19 @@
 """The training loop: PackedStream -> caption dropout -> text encoder -> flow loss -> AdamW.
 
-One process, or one per device under torchrun (DDP; train/distributed.py). Every state
-that shapes the next step is checkpointed, so a resume with `loop.num_workers=0`
-continues bitwise: weights (DiT in model.safetensors, a trainable text encoder in the
-state), EMA, optimizer, scheduler, and per rank the data stream, the torch RNG and the
-loop's own generators (timesteps, noise and caption dropout). SIGTERM saves a checkpoint
-at the next step boundary and returns instead of dying mid-write.
+One process, or one per device under torchrun (DDP or FSDP2; train/distributed.py,
+train/parallel.py). Every state that shapes the next step is checkpointed, so a resume
+with `loop.num_workers=0` continues bitwise: weights (DiT in model.safetensors, a
+trainable text encoder in the state), EMA, optimizer, scheduler, and per rank the data
+stream, the torch RNG and the loop's own generators (timesteps, noise and caption
+dropout). SIGTERM saves a checkpoint at the next step boundary and returns instead of
+dying mid-write.
 
-Data parallelism. DDP wraps `FlowObjective`, a small module that owns the trained parts
-(the DiT and, when trainable, the text encoder) and returns the flow loss for (batch,
-captions). Wrapping the DiT alone would not do: the trainable encoder runs outside it
-and its gradients would never be averaged; all-reducing gradients by hand would
-duplicate DDP's bucketing and its overlap of communication with backward.
-Each rank's loss is the mean over its own valid tokens and DDP averages gradients over
+Data parallelism. DDP (or FSDP2) wraps `FlowObjective`, a small module that owns the
+trained parts (the DiT and, when trainable, the text encoder) and returns the flow loss
+for (batch, captions). Wrapping the DiT alone would not do: the trainable encoder runs
+outside it and its gradients would never be averaged; all-reducing gradients by hand
+would duplicate DDP's bucketing and its overlap of communication with backward.
+Each rank's loss is the mean over its own valid tokens and gradients are averaged over
 ranks, so the step follows the mean of per-rank means (rows are full, so close to the
 global token mean).
 
@@ -87,7 +88,7 @@ def _trained(model: DiT, encoder: nn.Module) -> nn.ModuleDict:
 
 
 class FlowObjective(nn.Module):
-    """(batch, captions) -> FlowLoss, with every trained parameter inside: what DDP wraps."""
+    """(batch, captions) -> FlowLoss, with every trained parameter inside: what DDP/FSDP wraps."""
 
     def __init__(self, trained: nn.ModuleDict, encoder: nn.Module, *, amp_dtype: torch.dtype | None):
         super().__init__()
