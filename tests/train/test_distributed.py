@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -76,17 +78,22 @@ def _overrides(shards, run_dir, *extra) -> list[str]:
     ]
 
 
-def _torchrun(tmp_path: Path, name: str, overrides: list[str]) -> tuple[list[dict], list[dict]]:
-    """Run 2 ranks; -> (per-rank records, per-rank final weights)."""
-    out = tmp_path / name
+def _torchrun_cmd(tmp_path: Path, out: Path, overrides: list[str]) -> list[str]:
     out.mkdir()
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-           str(script), json.dumps(overrides), str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script), json.dumps(overrides), str(out)]
+
+
+_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _torchrun(tmp_path: Path, name: str, overrides: list[str]) -> tuple[list[dict], list[dict]]:
+    """Run 2 ranks; -> (per-rank records, per-rank final weights)."""
+    out = tmp_path / name
+    done = subprocess.run(_torchrun_cmd(tmp_path, out, overrides), env=_ENV, capture_output=True, text=True,
+                          timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
     records = [json.loads((out / f"rank_{r}.json").read_text()) for r in (0, 1)]
     weights = [load_file(str(out / f"weights_{r}.safetensors")) for r in (0, 1)]
@@ -182,3 +189,31 @@ def test_fsdp_resumes_a_ddp_checkpoint_and_tracks_the_ddp_run(shards, ddp_run, t
     assert {k: v.shape for k, v in ms_a.items()} == {k: v.shape for k, v in ms_c.items()}
     assert {k: v.shape for k, v in st_a["ema"].items()} == {k: v.shape for k, v in st_c["ema"].items()}
     assert st_a["optimizer"]["state"].keys() == st_c["optimizer"]["state"].keys()
+
+
+@pytest.mark.slow  # one more torchrun launch
+def test_sigterm_to_torchrun_stops_both_ranks_at_the_same_step_with_a_checkpoint(shards, tmp_path):
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    cmd = _torchrun_cmd(tmp_path, out, _overrides(shards, run_dir, "loop.steps=500", "loop.ckpt_every=1000"))
+    launcher = subprocess.Popen(cmd, env=_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not any(r.get("step", 0) >= 2 for r in _metrics_so_far(run_dir)):
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        launcher.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks
+        launcher.wait(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    summaries = [json.loads((out / f"rank_{r}.json").read_text())["summary"] for r in (0, 1)]
+    assert [s["stopped"] for s in summaries] == ["sigterm", "sigterm"]
+    assert summaries[0]["step"] == summaries[1]["step"] >= 2  # the ranks agreed on where to stop
+    assert latest_checkpoint(run_dir / "checkpoints").name == f"step_{summaries[0]['step']:08d}"
+
+
+def _metrics_so_far(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
