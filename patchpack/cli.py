@@ -109,7 +109,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     except ConfigError as e:
         raise UserError(str(e)) from None
     summary = train(cfg)
-    print(summary)
+    if summary.get("rank", 0) == 0:  # under torchrun every rank returns; one prints
+        print(summary)
 
 
 # --------------------------------------------------------------------------- demo, generate, eval
