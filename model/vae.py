@@ -38,6 +38,10 @@ class VAEConfig:
     res_blocks: int = 1  # ResBlocks per level, in the encoder and the decoder
     kl_weight: float = 1e-6  # weight of KL(q(z|x) || N(0, I)) per latent element, vs the L1 per pixel
     latent_scale: float = 1.0  # encode() returns mean * latent_scale: set so the DiT sees ~unit variance
+    # initial posterior log-variance (the enc_out bias). 0 (std 1) buries the early latents
+    # in sampling noise; a low start trains as a near-deterministic autoencoder first and the
+    # KL term widens the posterior as far as reconstruction allows.
+    logvar_init: float = -6.0
 
     def __post_init__(self) -> None:
         self.widths = list(self.widths)
@@ -115,6 +119,8 @@ class CausalVAE(nn.Module):
         self.decoder = nn.Sequential(*dec)
         self.dec_norm = FrameNorm(_groups(w[0]), w[0])
         self.dec_out = CausalConv3d(w[0], c.channels)
+        with torch.no_grad():
+            self.enc_out.conv.bias[c.latent_channels:].fill_(c.logvar_init)
 
     # ---------------------------------------------------------------- batched (training)
 
