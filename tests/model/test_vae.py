@@ -179,3 +179,18 @@ def test_conv2d_fast_path_matches_conv3d_reference():
         m.reference = True
     torch.testing.assert_close(vae.encode(x), z, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(vae.decode(z), y, rtol=1e-4, atol=1e-5)
+
+
+def test_generate_decodes_latents_through_a_loaded_vae(tmp_path):
+    from dit_testing import StubTextEncoder, random_dit
+
+    from patchpack.model import generate
+    from patchpack.model.vae_checkpoint import load_vae, save_vae
+
+    save_vae(_vae(temporal=4), tmp_path / "vae")
+    vae = load_vae(tmp_path / "vae")
+    model = random_dit(in_channels=4)  # the DiT diffuses the VAE's 4 latent channels
+    grids = [(1, 4, 6), (3, 4, 4)]  # latent units: an image and 1 + 2 latent frames
+    videos = generate(model, StubTextEncoder(), ["a", "b"], grids, steps=2, cfg_scale=1.0, autoencoder=vae)
+    assert [tuple(v.shape) for v in videos] == [(3, 1, 16, 24), (3, 9, 16, 16)]
+    assert all(v.abs().max() <= 1.0 for v in videos)
