@@ -16,6 +16,7 @@ from .flow import (
     resolution_shift,
     sample_timesteps,
     shift_time,
+    to_velocity,
     velocity_target,
 )
 from .rope import Rope3D, apply_rope, rope_axis_pairs
@@ -42,5 +43,6 @@ __all__ = [
     "sample_timesteps",
     "save_dit",
     "shift_time",
+    "to_velocity",
     "velocity_target",
 ]

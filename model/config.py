@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 
 __all__ = ["DiTConfig", "DiT_configs", "dit_config"]
 
+PREDICTIONS = ("v", "x")
 ROPE_EXTRAPOLATION = ("none", "ntk", "pi")
 
 
@@ -33,6 +34,10 @@ class DiTConfig:
     rope_extrapolation: str = "none"  # "none" | "ntk" (NTK-aware theta) | "pi" (position interp.)
     rope_train_grid: tuple[int, int, int] = (16, 32, 32)  # largest (T', H', W') seen in training;
     #   grids beyond it on an axis get that axis rescaled (ntk/pi); "none" ignores it
+    # --- output
+    prediction: str = "v"  # what the final layer predicts: "v" (velocity) or "x" (the clean tokens;
+    #   JiT, arXiv:2511.13720: a narrow model cannot reproduce high-dimensional patch noise, but can
+    #   output clean data). model/flow.py `to_velocity` turns either into a velocity.
     # --- kernels
     attn_backend: str = "auto"  # patchpack.kernels backend: auto | reference | cpu | flex | ...
 
@@ -59,6 +64,8 @@ class DiTConfig:
             raise ValueError(f"rope_train_grid must be 3 positive ints: {self.rope_train_grid}")
         if self.mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction={self.prediction!r} not in {PREDICTIONS}")
 
     @property
     def patch_dim(self) -> int:

@@ -21,6 +21,13 @@ a 16-frame clip carries the 16x more supervision it holds, and it is what a dens
 batch computes when every sample has the same size. The price: a small image weighs
 little next to a long video; rebalance with the data mix (or token budgets), not the loss.
 Per-sample losses are returned too for logging.
+
+Prediction (DiTConfig.prediction): the network outputs either v directly, or x̂0, the clean
+tokens, turned into v = (x_t - x̂0) / t ("x-prediction, v-loss", JiT: Li & He, arXiv:2511.13720).
+The loss stays the velocity MSE either way; only what the last layer has to produce changes.
+With pixel patches wider than the model can carry (here 96 features into width 128), v
+contains the full-rank noise and comes out speckled at high t; x0 lies near a low-dimensional
+set and does not. t is clamped at T_MIN in the division, as JiT does, so t -> 0 stays finite.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ __all__ = [
     "resolution_shift",
     "sample_timesteps",
     "shift_time",
+    "to_velocity",
     "velocity_target",
 ]
 
@@ -88,6 +96,22 @@ def velocity_target(x0: Tensor, noise: Tensor) -> Tensor:
     return noise - x0
 
 
+T_MIN = 0.05  # smallest t in x-prediction's division (JiT)
+
+
+def to_velocity(out: Tensor, x_t: Tensor, t: Tensor, *, prediction: str, t_min: float = T_MIN) -> Tensor:
+    """The network's output as a velocity: "v" as is, "x" (a clean-data estimate) as (x_t - x̂0) / t.
+
+    t broadcasts against x_t (per token: [..., 1]). t_min bounds the division in training;
+    the sampler passes 0, since its t never reaches 0 and the last step must land on x̂0.
+    """
+    if prediction == "v":
+        return out
+    if prediction == "x":
+        return (x_t - out) / (t.clamp(min=t_min) if t_min > 0 else t)
+    raise ValueError(f"prediction={prediction!r}, expected 'v' or 'x'")
+
+
 class FlowLoss(NamedTuple):
     loss: Tensor  # scalar: mean over valid tokens (per-token weighting)
     loss_S: Tensor  # [S] per-sample mean, detached, for logging
@@ -119,10 +143,16 @@ def flow_loss(
     noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype) * valid[..., None]
     t_tok = per_token(t_S, batch.segment_ids.reshape(-1)).reshape(*valid.shape, 1)  # (B, L, 1)
     x_t = interpolate(x0, noise, t_tok.to(x0.dtype))  # (B, L, D); padding stays 0
-    v_pred = model(replace(batch, tokens=x_t), t_S, text_tokens, text_lengths)  # (B, L, D)
+    out = model(replace(batch, tokens=x_t), t_S, text_tokens, text_lengths)  # (B, L, D)
+    v_pred = to_velocity(out, x_t, t_tok.to(x_t.dtype), prediction=_prediction(model))  # (B, L, D)
     err = (v_pred.float() - velocity_target(x0, noise).float()).pow(2).mean(-1)  # (B, L)
     err = torch.where(valid, err, torch.zeros_like(err))  # where, not *: padding can't leak NaN
     loss = err.sum() / valid.sum().clamp(min=1)
     with torch.no_grad():
         loss_S = torch.stack([e.mean() for e in batch.split(err[..., None].detach())])
     return FlowLoss(loss, loss_S, t_S)
+
+
+def _prediction(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return getattr(config, "prediction", "v")  # modules without a DiTConfig predict v

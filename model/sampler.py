@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from patchpack.packer import PatchedSample, grid_coords, pack, plan_packs, unpatchify
 
 from .autoencoder import Autoencoder, IdentityAutoencoder
-from .flow import FlowConfig, resolution_shift, shift_time
+from .flow import FlowConfig, resolution_shift, shift_time, to_velocity
 
 __all__ = ["check_grid", "generate"]
 
@@ -132,6 +132,7 @@ def generate(
                 v = model(replace(batch, tokens=flat.view(b, l, -1)), t_S, text, lengths)
                 for e, v_s in zip(order, batch.split(v)):
                     i, cap = entries[e]
+                    v_s = to_velocity(v_s, x[i], sched[i, k].to(device), prediction=cfg.prediction, t_min=0.0)
                     (v_cond if cap == i else v_uncond)[i] = v_s
             for i in range(r):
                 v = v_uncond[i] + cfg_scale * (v_cond[i] - v_uncond[i]) if guided else v_cond[i]

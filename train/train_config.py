@@ -47,6 +47,7 @@ class ModelOptions:
     hidden: int | None = None  # override the preset's width (must split into heads)
     heads: int | None = None
     attn_backend: str = "auto"  # patchpack.kernels backend
+    prediction: str = "v"  # the DiT's output: "v" (velocity) or "x" (clean tokens; model/flow.py)
 
 
 @dataclass

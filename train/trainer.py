@@ -75,7 +75,7 @@ def build_models(cfg: TrainConfig) -> tuple[DiT, nn.Module]:
     m = cfg.model
     overrides = {k: getattr(m, k) for k in ("depth", "hidden", "heads") if getattr(m, k) is not None}
     dit_cfg = dit_config(m.preset, in_channels=3, patch=tuple(cfg.packer.patch), text_dim=encoder.dim,
-                         attn_backend=m.attn_backend, **overrides)
+                         attn_backend=m.attn_backend, prediction=m.prediction, **overrides)
     return DiT(dit_cfg), encoder
 
 

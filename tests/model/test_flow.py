@@ -17,6 +17,7 @@ from patchpack.model import (
     resolution_shift,
     sample_timesteps,
     shift_time,
+    to_velocity,
 )
 from patchpack.packer import pack, patchify
 
@@ -122,3 +123,42 @@ def test_overfitting_a_few_tiny_videos_drops_the_loss():
 def test_overfit_longer_keeps_going_down():
     before, after, _, _ = _train(200)
     assert after < 0.2 * before
+
+
+def test_x_prediction_turns_the_clean_estimate_into_the_velocity():
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    t = torch.tensor([0.05, 0.2, 0.5, 0.9, 1.0])[:, None]
+    x_t = interpolate(x0, noise, t)
+    torch.testing.assert_close(to_velocity(x0, x_t, t, prediction="x"), noise - x0)  # exact x0 -> exact v
+    assert torch.equal(to_velocity(x0, x_t, t, prediction="v"), x0)  # v passes through
+    tiny = to_velocity(x0, x_t, torch.full_like(t, 1e-6), prediction="x")
+    assert torch.isfinite(tiny).all() and tiny.abs().max() < 1e3  # t clamped at T_MIN
+    with pytest.raises(ValueError, match="prediction"):
+        to_velocity(x0, x_t, t, prediction="eps")
+    with pytest.raises(ValueError, match="prediction"):
+        dit_config("tiny", prediction="eps")
+
+
+class _Oracle(torch.nn.Module):
+    """An x-predicting 'model' that knows x0: the loss must be exactly 0."""
+
+    def __init__(self, x0):
+        super().__init__()
+        self.x0 = x0
+        self.config = dit_config("tiny", prediction="x")
+
+    def forward(self, batch, t_S, text, lengths):
+        return self.x0
+
+
+def test_flow_loss_reads_the_models_prediction_type():
+    samples = [make_sample((1, 2, 2), seed=0), make_sample((3, 2, 2), seed=1)]
+    batch = pack(samples, [[0, 1]], 20, rows=2)
+    text, lengths = torch.cat(make_text([1, 2])), torch.tensor([1, 2])
+    out = flow_loss(_Oracle(batch.tokens), batch, text, lengths, t_S=torch.tensor([0.3, 0.8]),
+                    generator=torch.Generator().manual_seed(5))
+    assert out.loss.item() < 1e-10
+    wrong = flow_loss(_Zero(), batch, text, lengths, t_S=torch.tensor([0.3, 0.8]),
+                      generator=torch.Generator().manual_seed(5))
+    assert wrong.loss.item() > 0.1  # guard: the same batch with a v-model of zeros is far off

@@ -106,3 +106,13 @@ def test_mismatched_requests_raise():
         generate(model, StubTextEncoder(), ["a"], [(1, 4, 4)], steps=1, channels=4)
     with pytest.raises(ValueError, match="max_len=8"):
         generate(model, StubTextEncoder(), ["a"], [(1, 8, 8)], steps=1, max_len=8)
+
+
+def test_x_prediction_with_an_oracle_lands_exactly_on_its_target():
+    """Euler on a straight path is exact: an x-model that always answers c ends at c."""
+    model = random_dit("reference", depth=1, prediction="x")
+    c = 0.37
+    model.forward = lambda batch, t_S, text, lengths: torch.full_like(batch.tokens, c)
+    videos = generate(model, StubTextEncoder(), PROMPTS[:2], GRIDS[:2], steps=40, cfg_scale=2.0, seed=0)  # t < T_MIN at the end
+    for v in videos:
+        torch.testing.assert_close(v, torch.full_like(v, c), atol=1e-5, rtol=0)
