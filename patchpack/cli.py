@@ -113,6 +113,35 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(summary)
 
 
+def cmd_train_vae(args: argparse.Namespace) -> None:
+    from patchpack.train.options import ConfigError, load_config
+    from patchpack.train.vae_config import VAETrainConfig
+    from patchpack.train.vae_trainer import train_vae
+
+    try:
+        cfg = load_config(VAETrainConfig, args.config, args.overrides)
+        summary = train_vae(cfg)
+    except (ConfigError, ValueError) as e:
+        raise UserError(str(e)) from None
+    print(summary)
+
+
+def cmd_encode_latents(args: argparse.Namespace) -> None:
+    from patchpack.train.config import DataConfig
+    from patchpack.train.latents import encode_latent_shards
+
+    for path in (args.src, args.vae):
+        if not Path(path).exists():
+            raise UserError(f"not found: {path}")
+    try:
+        data = DataConfig(fps=args.fps, max_seconds=args.max_seconds, max_frames=args.max_frames)
+        encode_latent_shards(args.src, args.vae, args.out, data=data, max_pixels=args.max_pixels,
+                             max_frames=args.max_frames, chunk=args.chunk, shard_size=args.shard_size,
+                             threads=args.threads)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 # --------------------------------------------------------------------------- demo, generate, eval
 
 
@@ -204,6 +233,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", help="YAML file, e.g. configs/demo.yaml")
     s.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. optim.lr=3e-4 loop.steps=50")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("train-vae", help="train the causal video VAE from a YAML config plus key=value overrides")
+    s.add_argument("config", help="YAML file, e.g. configs/vae_demo.yaml")
+    s.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. loop.steps=200")
+    s.set_defaults(func=cmd_train_vae)
+
+    s = sub.add_parser("encode-latents", help="pre-encode pixel shards into latent shards with a trained VAE")
+    s.add_argument("src", help="pixel shards: a directory, a path or a brace pattern")
+    s.add_argument("--vae", required=True, help="an exported VAE directory or a VAE training checkpoint")
+    s.add_argument("--out", required=True, help="output directory for the latent shards")
+    s.add_argument("--fps", type=float, default=8.0, help="resample videos to this rate before encoding")
+    s.add_argument("--max-seconds", type=float, default=2.0, help="clip length cap")
+    s.add_argument("--max-frames", type=int, default=None, help="frame cap (rounded down to 1 + k x temporal)")
+    s.add_argument("--max-pixels", type=int, default=None, help="pixels per frame cap (aspect kept)")
+    s.add_argument("--chunk", type=int, default=None, help="latent frames per encode step (long videos)")
+    s.add_argument("--shard-size", type=int, default=64, help="samples per shard")
+    s.add_argument("--threads", type=int, default=None, help="torch threads")
+    s.set_defaults(func=cmd_encode_latents)
 
     s = sub.add_parser("demo", help="synth -> train the tiny DiT on CPU -> generate at many sizes -> gallery + eval")
     s.add_argument("--out", default="runs/demo", help="data/, run/, samples/ and summary.json go here")

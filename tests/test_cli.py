@@ -95,3 +95,10 @@ def test_generate_errors_are_one_line(demo_dir, tmp_path, args, message):
 def test_eval_without_a_manifest_is_a_one_line_error(tmp_path):
     r = _run("eval", str(tmp_path))
     assert r.returncode == 2 and "manifest.json" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_vae_commands_errors_are_one_line(tmp_path):
+    r = _run("train-vae", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and "config file not found" in r.stderr and "Traceback" not in r.stderr
+    r = _run("encode-latents", str(tmp_path / "px"), "--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr

@@ -38,6 +38,7 @@ class LoadedRun:
     step: int
     checkpoint: Path
     weights: str  # "ema" or "raw"
+    vae: nn.Module | None = None  # the run's video VAE (cfg.vae): the DiT samples its latents
 
     @property
     def fps(self) -> float:
@@ -88,7 +89,12 @@ def load_run(path: str | Path, *, weights: str = "ema", attn_backend: str | None
             shadow = {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
             if shadow:
                 module.load_state_dict(shadow, strict=False)
-    return LoadedRun(model.eval(), encoder.eval(), cfg, step, ckpt, weights)
+    vae = None
+    if cfg.vae is not None:
+        from patchpack.model.vae_checkpoint import load_vae
+
+        vae = load_vae(cfg.vae)
+    return LoadedRun(model.eval(), encoder.eval(), cfg, step, ckpt, weights, vae)
 
 
 # --------------------------------------------------------------------------- requests
@@ -132,21 +138,26 @@ def requests(prompts: Sequence[str], *, sizes: Sequence[tuple[int, int]], frames
     return [Request(p, t, h, w) for p in prompts for (h, w), t in zip(sizes, frames)]
 
 
-def check_requests(run: LoadedRun, reqs: Sequence[Request], *, max_tokens: int) -> None:
-    """ValueError naming the first request the model cannot make (patch multiples, token cap)."""
+def model_grids(run: LoadedRun, reqs: Sequence[Request], *, max_tokens: int) -> list[tuple[int, int, int]]:
+    """Each request's grid in the DiT's units (pixels, or the VAE's latent frames and rows);
+    ValueError naming the first request the model cannot make (VAE factors, patch, token cap)."""
+    grids = []
     for i, r in enumerate(reqs):
         try:
-            check_grid(i, r.grid, patch=run.patch, max_tokens=max_tokens)
+            grid = r.grid if run.vae is None else run.vae.config.latent_shape(*r.grid)
+            check_grid(i, grid, patch=run.patch, max_tokens=max_tokens)
         except ValueError as e:
             raise ValueError(f"{r.frames} frames at {r.height}x{r.width}: {e}") from None
+        grids.append(grid)
+    return grids
 
 
 def sample(run: LoadedRun, reqs: Sequence[Request], *, steps: int = 30, cfg_scale: float = 4.0, seed: int = 0,
            max_tokens: int = 16384) -> list[np.ndarray]:
     """uint8 [T, H, W, 3] per request; all requests share each packed Euler step."""
-    check_requests(run, reqs, max_tokens=max_tokens)
-    videos = generate(run.model, run.encoder, [r.prompt for r in reqs], [r.grid for r in reqs],
-                      steps=steps, cfg_scale=cfg_scale, seed=seed, max_tokens=max_tokens)
+    grids = model_grids(run, reqs, max_tokens=max_tokens)
+    videos = generate(run.model, run.encoder, [r.prompt for r in reqs], grids, steps=steps, cfg_scale=cfg_scale,
+                      seed=seed, max_tokens=max_tokens, autoencoder=run.vae)
     return [to_frames(v) for v in videos]
 
 

@@ -91,5 +91,8 @@ class TrainConfig:
     packer: PackerOptions = field(default_factory=PackerOptions)
     model: ModelOptions = field(default_factory=ModelOptions)
     text: str = "tiny"  # text encoder spec (model/text.py); "tiny" is trained with the DiT
+    # A trained video VAE (an exported directory, docs/vae.md): the DiT then works in its latent
+    # space, so data.shards must be latent shards (`patchpack encode-latents`); None = pixels.
+    vae: str | None = None
     optim: OptimOptions = field(default_factory=OptimOptions)
     loop: LoopOptions = field(default_factory=LoopOptions)

@@ -37,6 +37,7 @@ from torch import nn
 from patchpack.model import DiT, dit_config, flow_loss
 from patchpack.model.flow import FlowConfig, sample_timesteps
 from patchpack.model.text import build_text_encoder, drop_captions
+from patchpack.model.vae_checkpoint import vae_config_of
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import (
@@ -70,11 +71,13 @@ from .train_config import TrainConfig
 
 
 def build_models(cfg: TrainConfig) -> tuple[DiT, nn.Module]:
-    """(DiT, text encoder) for pixel-space training; the DiT reads the encoder's dim."""
+    """(DiT, text encoder); the DiT reads the encoder's dim, and the VAE's latent channels
+    when cfg.vae is set (3 pixel channels otherwise)."""
     encoder = build_text_encoder(cfg.text)
     m = cfg.model
     overrides = {k: getattr(m, k) for k in ("depth", "hidden", "heads") if getattr(m, k) is not None}
-    dit_cfg = dit_config(m.preset, in_channels=3, patch=tuple(cfg.packer.patch), text_dim=encoder.dim,
+    channels = 3 if cfg.vae is None else vae_config_of(cfg.vae).latent_channels
+    dit_cfg = dit_config(m.preset, in_channels=channels, patch=tuple(cfg.packer.patch), text_dim=encoder.dim,
                          attn_backend=m.attn_backend, prediction=m.prediction, **overrides)
     return DiT(dit_cfg), encoder
 
