@@ -106,3 +106,16 @@ def load_checkpoint(path: str | Path) -> tuple[int, dict[str, Tensor], dict[str,
     tensors = load_file(str(p / "state.safetensors"))
     model_state = load_file(str(p / "model.safetensors"))
     return int(meta["step"]), model_state, unflatten(meta["state"], tensors)
+
+
+def resolve_resume(resume: str, ckpt_dir: str | Path) -> Path | None:
+    """A loop's `resume` option -> the checkpoint to load: "none" -> None, "auto" -> the newest
+    in ckpt_dir (None if there is none yet), else a checkpoint directory (ValueError if not)."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        return latest_checkpoint(ckpt_dir)
+    path = Path(resume)
+    if not (path / "state.json").exists():
+        raise ValueError(f"loop.resume={resume!r} is not a checkpoint directory (expected 'auto', 'none' or a path)")
+    return path

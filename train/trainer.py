@@ -39,7 +39,7 @@ from patchpack.model.flow import FlowConfig, sample_timesteps
 from patchpack.model.text import build_text_encoder, drop_captions
 from patchpack.model.vae_checkpoint import vae_config_of
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint
 from .distributed import (
     DistInfo,
     any_rank,
@@ -127,18 +127,6 @@ class _StopFlag:
     def __exit__(self, *exc) -> None:
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
-
-
-def _resume_path(cfg: TrainConfig, ckpt_dir: Path) -> Path | None:
-    r = cfg.loop.resume
-    if r == "none":
-        return None
-    if r == "auto":
-        return latest_checkpoint(ckpt_dir)
-    path = Path(r)
-    if not (path / "state.json").exists():
-        raise ValueError(f"loop.resume={r!r} is not a checkpoint directory (expected 'auto', 'none' or a path)")
-    return path
 
 
 def _check(cfg: TrainConfig) -> None:
@@ -287,7 +275,7 @@ def _setup(cfg: TrainConfig, info: DistInfo) -> _Run:
     stream = PackedStream(cfg.data, cfg.packer.build(), rank=info.rank, world_size=info.world_size)
 
     step, nonfinite_total, state = 0, 0, None
-    resume = _resume_path(cfg, Path(cfg.run_dir) / "checkpoints")
+    resume = resolve_resume(cfg.loop.resume, Path(cfg.run_dir) / "checkpoints")
     if resume is not None:  # every rank reads the same checkpoint; weights before any sharding
         step, model_state, state = load_checkpoint(resume)
         model.load_state_dict(model_state)

@@ -31,7 +31,7 @@ from patchpack.model.vae_checkpoint import save_vae
 from patchpack.model.vae_fit import fit_to_vae
 from patchpack.model.vae_loss import psnr, vae_loss
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint
 from .decode import to_video_CTHW
 from .metrics import MetricsLog
 from .optim import adamw, warmup_cosine
@@ -105,16 +105,6 @@ def _check(cfg: VAETrainConfig) -> None:
         cfg.vae.latent_shape(*s)
 
 
-def _resume_path(resume: str, ckpt_dir: Path) -> Path | None:
-    if resume == "none":
-        return None
-    if resume == "auto":
-        return latest_checkpoint(ckpt_dir)
-    if not (Path(resume) / "state.json").exists():
-        raise ValueError(f"loop.resume={resume!r} is not a checkpoint directory (expected 'auto', 'none' or a path)")
-    return Path(resume)
-
-
 def _clips(stream: VideoStream, cfg: VAETrainConfig):
     """Fitted pixel clips from the stream; a latent shard here is a config mistake."""
     for key, video, meta in stream:
@@ -143,7 +133,7 @@ def train_vae(cfg: VAETrainConfig) -> dict:
     stream = VideoStream(cfg.data)
 
     step = 0
-    resume = _resume_path(lp.resume, ckpt_dir)
+    resume = resolve_resume(lp.resume, ckpt_dir)
     if resume is not None:
         step, model_state, state = load_checkpoint(resume)
         vae.load_state_dict(model_state)
