@@ -70,6 +70,7 @@ def generate(
     max_tokens: int = 16384,
     max_len: int | None = None,
     rows: int | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[Tensor]:
     """Sample one video per (prompt, grid); returns [C, T, H, W] tensors (images: T = 1).
 
@@ -79,6 +80,7 @@ def generate(
     max_tokens: the largest grid accepted, in tokens (T'H'W'); larger raises ValueError.
     max_len: packed row length L (default: the largest request, so everything fits).
     rows: rows per packed forward (default: all rows, one forward per step).
+    on_step: called with k + 1 after Euler step k (e.g. a progress bar's update).
     """
     cfg = model.config
     patch = tuple(cfg.patch if patch is None else patch)
@@ -137,6 +139,8 @@ def generate(
             for i in range(r):
                 v = v_uncond[i] + cfg_scale * (v_cond[i] - v_uncond[i]) if guided else v_cond[i]
                 x[i] = x[i] + float(sched[i, k + 1] - sched[i, k]) * v
+            if on_step is not None:
+                on_step(k + 1)
     finally:
         model.train(was_training)
 

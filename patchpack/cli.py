@@ -180,7 +180,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         reqs = requests(args.prompt, sizes=sizes, frames=args.frames or [8])
         run = load_run(args.ckpt, weights=args.weights, rope_extrapolation=args.rope)
         t0 = time.perf_counter()
-        videos = sample(run, reqs, steps=args.steps, cfg_scale=args.cfg, seed=args.seed)
+        videos = sample(run, reqs, steps=args.steps, cfg_scale=args.cfg, seed=args.seed, progress=True)
     except ValueError as e:
         raise UserError(str(e)) from None
     dt = time.perf_counter() - t0

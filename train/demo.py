@@ -104,7 +104,7 @@ def run_demo(opts: DemoOptions) -> dict:
     print(f"[3/4] generate: {len(prompts)} prompts x {len(sizes)} sizes, {opts.sample_steps} Euler steps, "
           f"cfg {opts.cfg_scale}")
     t_gen = time.perf_counter()
-    videos = sample(run, reqs, steps=opts.sample_steps, cfg_scale=opts.cfg_scale, seed=opts.seed)
+    videos = sample(run, reqs, steps=opts.sample_steps, cfg_scale=opts.cfg_scale, seed=opts.seed, progress=True)
     gen_s = time.perf_counter() - t_gen
 
     # 4. evaluate and write everything

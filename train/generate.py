@@ -153,11 +153,17 @@ def model_grids(run: LoadedRun, reqs: Sequence[Request], *, max_tokens: int) -> 
 
 
 def sample(run: LoadedRun, reqs: Sequence[Request], *, steps: int = 30, cfg_scale: float = 4.0, seed: int = 0,
-           max_tokens: int = 16384) -> list[np.ndarray]:
-    """uint8 [T, H, W, 3] per request; all requests share each packed Euler step."""
+           max_tokens: int = 16384, progress: bool = False) -> list[np.ndarray]:
+    """uint8 [T, H, W, 3] per request; all requests share each packed Euler step.
+
+    progress: a tqdm bar over the Euler steps (stderr).
+    """
+    from tqdm import tqdm
+
     grids = model_grids(run, reqs, max_tokens=max_tokens)
-    videos = generate(run.model, run.encoder, [r.prompt for r in reqs], grids, steps=steps, cfg_scale=cfg_scale,
-                      seed=seed, max_tokens=max_tokens, autoencoder=run.vae)
+    with tqdm(total=steps, desc="sampling", unit="step", disable=not progress) as bar:
+        videos = generate(run.model, run.encoder, [r.prompt for r in reqs], grids, steps=steps, cfg_scale=cfg_scale,
+                          seed=seed, max_tokens=max_tokens, autoencoder=run.vae, on_step=lambda k: bar.update(1))
     return [to_frames(v) for v in videos]
 
 

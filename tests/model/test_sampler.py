@@ -116,3 +116,9 @@ def test_x_prediction_with_an_oracle_lands_exactly_on_its_target():
     videos = generate(model, StubTextEncoder(), PROMPTS[:2], GRIDS[:2], steps=40, cfg_scale=2.0, seed=0)  # t < T_MIN at the end
     for v in videos:
         torch.testing.assert_close(v, torch.full_like(v, c), atol=1e-5, rtol=0)
+
+
+def test_on_step_reports_every_euler_step():
+    seen = []
+    generate(random_dit("reference", depth=1), StubTextEncoder(), PROMPTS[:1], GRIDS[:1], steps=3, on_step=seen.append)
+    assert seen == [1, 2, 3]
