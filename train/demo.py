@@ -59,15 +59,18 @@ def _square_side(tokens: int, ph: int, pw: int) -> int:
     return n * max(ph, pw)
 
 
-def demo_prompts(n: int, seed: int) -> list[str]:
-    """n shape/digit captions in the training template, drawn with a fixed seed."""
+def demo_subjects(n: int, seed: int) -> list[dict]:
+    """n random shape/digit subjects (object, colour, background, direction, speed), seeded."""
     rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        obj = rng.randrange(10) if rng.random() < 0.25 else rng.choice(SHAPES)
-        out.append(shape_caption(obj, rng.choice(list(COLOURS)), rng.choice(list(BACKGROUNDS)),
-                                 direction=rng.choice(list(DIRECTIONS)), speed=rng.choice(list(SPEEDS))))
-    return out
+    return [{"obj": rng.randrange(10) if rng.random() < 0.25 else rng.choice(SHAPES),
+             "colour": rng.choice(list(COLOURS)), "background": rng.choice(list(BACKGROUNDS)),
+             "direction": rng.choice(list(DIRECTIONS)), "speed": rng.choice(list(SPEEDS))} for _ in range(n)]
+
+
+def prompt_for(subject: dict, frames: int) -> str:
+    """The training caption of `subject`: with its motion for a clip, without for an image."""
+    motion = {"direction": subject["direction"], "speed": subject["speed"]} if frames > 1 else {}
+    return shape_caption(subject["obj"], subject["colour"], subject["background"], **motion)
 
 
 def run_demo(opts: DemoOptions) -> dict:
@@ -99,9 +102,9 @@ def run_demo(opts: DemoOptions) -> dict:
     budget = p.max_tokens_per_sample or p.max_len
     frames = min(f for f in (p.max_frames, cfg.data.max_frames, 8) if f)  # the trained clip length (8 if uncapped)
     sizes = demo_sizes(run.patch, budget, frames)
-    prompts = demo_prompts(opts.prompts, opts.seed)
-    reqs = [Request(pr, t, h, w, tag) for pr in prompts for t, h, w, tag in sizes]
-    print(f"[3/4] generate: {len(prompts)} prompts x {len(sizes)} sizes, {opts.sample_steps} Euler steps, "
+    subjects = demo_subjects(opts.prompts, opts.seed)
+    reqs = [Request(prompt_for(sub, t), t, h, w, tag) for sub in subjects for t, h, w, tag in sizes]
+    print(f"[3/4] generate: {len(subjects)} prompts x {len(sizes)} sizes, {opts.sample_steps} Euler steps, "
           f"cfg {opts.cfg_scale}")
     t_gen = time.perf_counter()
     videos = sample(run, reqs, steps=opts.sample_steps, cfg_scale=opts.cfg_scale, seed=opts.seed, progress=True)
