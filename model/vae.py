@@ -42,6 +42,12 @@ class VAEConfig:
     # in sampling noise; a low start trains as a near-deterministic autoencoder first and the
     # KL term widens the posterior as far as reconstruction allows.
     logvar_init: float = -6.0
+    # parameter-free residual shortcuts around every resampler and the latent (DC-AE,
+    # arXiv:2410.10733): 2x2 means down, nearest copies up, channel-group means into the
+    # latent and channel repeats out of it. The convs then learn a residual over a plain
+    # downsample/upsample, which is what a short CPU run can reach (docs/vae.md: without
+    # them, 15 minutes stalled at 13-19 dB). Needs widths[-1] % latent_channels == 0.
+    shortcuts: bool = False
 
     def __post_init__(self) -> None:
         self.widths = list(self.widths)
@@ -56,6 +62,9 @@ class VAEConfig:
         if len(self.widths) != max(levels, 1):
             raise ValueError(f"widths={self.widths}: need {max(levels, 1)} entries (one per x2 level of "
                              f"spatial={self.spatial})")
+        if self.shortcuts and self.widths[-1] % self.latent_channels:
+            raise ValueError(f"shortcuts need widths[-1]={self.widths[-1]} divisible by "
+                             f"latent_channels={self.latent_channels}")
         if min(self.widths) < 1 or self.latent_channels < 1 or self.channels < 1 or self.res_blocks < 0:
             raise ValueError(f"widths, latent_channels, channels must be >= 1, res_blocks >= 0: {self}")
 
@@ -103,7 +112,7 @@ class CausalVAE(nn.Module):
             enc += [ResBlock(cin if j == 0 else w[i], w[i]) for j in range(c.res_blocks)]
             if c.res_blocks == 0 and cin != w[i]:
                 enc.append(ResBlock(cin, w[i]))
-            enc.append(Downsample(w[i], time=time_at[i]))
+            enc.append(Downsample(w[i], time=time_at[i], shortcut=c.shortcuts))
         enc.append(ResBlock(w[-1], w[-1]))  # mid block at the latent resolution
         self.encoder = nn.Sequential(*enc)
         self.enc_norm = FrameNorm(_groups(w[-1]), w[-1])
@@ -113,12 +122,15 @@ class CausalVAE(nn.Module):
         dec: list[nn.Module] = [ResBlock(w[-1], w[-1])]
         for i in reversed(range(c.levels)):
             dec += [ResBlock(w[i], w[i]) for _ in range(c.res_blocks)]
-            dec.append(Upsample(w[i], time=time_at[i]))
+            dec.append(Upsample(w[i], time=time_at[i], shortcut=c.shortcuts))
             if i and w[i] != w[i - 1]:
                 dec.append(ResBlock(w[i], w[i - 1]))
         self.decoder = nn.Sequential(*dec)
         self.dec_norm = FrameNorm(_groups(w[0]), w[0])
         self.dec_out = CausalConv3d(w[0], c.channels)
+        # shortcuts: a linear read-out of the un-normalised features beside dec_out, whose
+        # per-frame norm would otherwise hide each frame's mean colour and contrast
+        self.dec_skip = nn.Conv3d(w[0], c.channels, 1) if c.shortcuts else None
         with torch.no_grad():
             self.enc_out.conv.bias[c.latent_channels:].fill_(c.logvar_init)
 
@@ -128,12 +140,19 @@ class CausalVAE(nn.Module):
         """(B, C, T, H, W) -> posterior mean, logvar (B, L, T', H', W'), unscaled."""
         h = self.encoder(self.enc_in(x))  # (B, w[-1], T', H', W')
         mean, logvar = self.enc_out(torch.nn.functional.silu(self.enc_norm(h))).chunk(2, dim=1)
+        if self.config.shortcuts:  # + the mean of each group of w[-1]/L channels of h
+            b, c, *thw = h.shape
+            mean = mean + h.view(b, self.config.latent_channels, -1, *thw).mean(2)
         return mean, logvar.clamp(-30.0, 20.0)  # exp() stays finite
 
     def decode_latent(self, z: Tensor) -> Tensor:
         """(B, L, T', H', W') unscaled -> (B, C, T, H, W)."""
-        h = self.decoder(self.dec_in(z))  # (B, w[0], T, H, W)
-        return self.dec_out(torch.nn.functional.silu(self.dec_norm(h)))
+        h = self.dec_in(z)  # (B, w[-1], T', H', W')
+        if self.config.shortcuts:  # + each latent channel repeated w[-1]/L times (the inverse of the group mean)
+            h = h + z.repeat_interleave(h.shape[1] // z.shape[1], dim=1)
+        h = self.decoder(h)  # (B, w[0], T, H, W)
+        out = self.dec_out(torch.nn.functional.silu(self.dec_norm(h)))
+        return out if self.dec_skip is None else out + self.dec_skip(h)
 
     def forward(self, x: Tensor, *, sample: bool = True, generator: torch.Generator | None = None) -> VAEOutput:
         """Training pass on (B, C, T, H, W): reparameterised posterior sample -> reconstruction."""

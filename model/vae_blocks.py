@@ -100,9 +100,9 @@ class Downsample(_Streaming):
     has seen input frames <= 2j and frame 0 alone makes latent frame 0.
     """
 
-    def __init__(self, c: int, *, time: bool) -> None:
+    def __init__(self, c: int, *, time: bool, shortcut: bool = False) -> None:
         super().__init__()
-        self.time = time
+        self.time, self.shortcut = time, shortcut
         self.space = nn.Conv2d(c, c, 3, stride=2, padding=1)  # per frame (CPU Conv3d is slow)
         self.tconv = CausalConv3d(c, c, kernel=1, kernel_t=3) if time else None
 
@@ -113,12 +113,15 @@ class Downsample(_Streaming):
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, T, H, W)
         b, c, t, h, w = x.shape
-        x = self.space(x.transpose(1, 2).reshape(b * t, c, h, w))
-        x = x.view(b, t, c, *x.shape[-2:]).transpose(1, 2)  # (B, C, T, H/2, W/2)
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+        y = self.space(frames)
+        if self.shortcut:  # DC-AE's space-to-channel shortcut; at equal widths it is a 2x2 mean
+            y = y + F.avg_pool2d(frames, 2, ceil_mode=True)
+        x = y.view(b, t, c, *y.shape[-2:]).transpose(1, 2)  # (B, C, T, H/2, W/2)
         if self.tconv is None:
             return x
         first = self.cache is None  # whole video, or the first chunk: its frame 0 is global frame 0
-        x = self.tconv(x)
+        x = x + self.tconv(x) if self.shortcut else self.tconv(x)  # shortcut: the kept frame itself
         x = x[:, :, 0::2] if first else x[:, :, 1::2]  # (B, C, 1 + (T-1)/2 or T/2, H/2, W/2)
         if self.stream:
             self.cache = x.new_empty(0)  # marks "frame 0 has gone by"
@@ -132,9 +135,9 @@ class Upsample(_Streaming):
     keeps only its second half (1 frame), so T' -> 1 + 2(T'-1), the encoder's inverse.
     """
 
-    def __init__(self, c: int, *, time: bool) -> None:
+    def __init__(self, c: int, *, time: bool, shortcut: bool = False) -> None:
         super().__init__()
-        self.time = time
+        self.time, self.shortcut = time, shortcut
         self.tconv = CausalConv3d(c, 2 * c, kernel=1, kernel_t=3) if time else None
         self.space = CausalConv3d(c, c, kernel=3, kernel_t=1)
 
@@ -148,6 +151,8 @@ class Upsample(_Streaming):
             b, c, t, h, w = x.shape
             first = self.cache is None
             y = self.tconv(x).view(b, 2, c, t, h, w)  # (B, 2, C, T, H, W)
+            if self.shortcut:  # channel-to-time shortcut: both output frames start as the input frame
+                y = y + x[:, None]
             x = y.permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)  # frames (j, 0), (j, 1) interleaved
             x = x[:, :, 1:] if first else x  # (B, C, 2T-1 or 2T, H, W)
             if self.stream:
@@ -155,4 +160,4 @@ class Upsample(_Streaming):
         b, c, t, h, w = x.shape
         x = F.interpolate(x.transpose(1, 2).reshape(b * t, c, h, w), scale_factor=2.0, mode="nearest")
         x = x.view(b, t, c, 2 * h, 2 * w).transpose(1, 2)  # (B, C, T, 2H, 2W)
-        return self.space(x)
+        return x + self.space(x) if self.shortcut else self.space(x)  # shortcut: nearest upsampling

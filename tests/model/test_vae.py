@@ -31,9 +31,10 @@ def test_is_an_autoencoder():
     assert isinstance(_vae(), Autoencoder)
 
 
+@pytest.mark.parametrize("shortcuts", [False, True])
 @pytest.mark.parametrize("temporal,spatial,widths", [(1, 4, [8, 16]), (4, 4, [8, 16]), (4, 8, [8, 8, 16])])
-def test_causal_latent_frames_ignore_later_frames(temporal, spatial, widths):
-    vae = _vae(temporal=temporal, spatial=spatial, widths=widths)
+def test_causal_latent_frames_ignore_later_frames(temporal, spatial, widths, shortcuts):
+    vae = _vae(temporal=temporal, spatial=spatial, widths=widths, shortcuts=shortcuts)
     x = _video(1 + 3 * temporal, 16, 24)
     z = vae.encode(x)
     for k in range(z.shape[1] - 1):
@@ -76,8 +77,9 @@ def test_bad_configs():
 
 @pytest.mark.parametrize("temporal", [1, 4])
 @pytest.mark.parametrize("chunk", [1, 2, 3])
-def test_chunked_equals_whole(temporal, chunk):
-    vae = _vae(temporal=temporal)
+@pytest.mark.parametrize("shortcuts", [False, True])
+def test_chunked_equals_whole(temporal, chunk, shortcuts):
+    vae = _vae(temporal=temporal, shortcuts=shortcuts)
     x = _video(1 + 6 * temporal if temporal > 1 else 7, 8, 12)
     z = vae.encode(x)
     zc = vae.encode(x, chunk=chunk)
@@ -85,6 +87,39 @@ def test_chunked_equals_whole(temporal, chunk):
     torch.testing.assert_close(vae.decode(z, chunk=chunk), vae.decode(z), rtol=1e-5, atol=1e-5)
     # the caches are cleared after a chunked call: a whole call still gives the same
     torch.testing.assert_close(vae.encode(x), z, rtol=0, atol=0)
+
+
+def test_shortcuts_alone_are_mean_down_and_nearest_up():
+    """With every conv zeroed (enc_in the identity), the shortcuts alone are what the convs
+    learn a residual over: the latent is the 4x4 mean of the frames the temporal stride
+    keeps (one channel per latent group here), and the decoder copies it back."""
+    torch.manual_seed(0)
+    vae = CausalVAE(VAEConfig(channels=4, latent_channels=4, temporal=4, widths=[4, 4], shortcuts=True)).eval()
+    with torch.no_grad():
+        for m in vae.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)):
+                m.weight.zero_()
+                m.bias.zero_()
+        # enc_in / dec_out are plain convs: make them the identity on the 4 channels
+        vae.enc_in.conv.weight[:, :, -1, 1, 1] = torch.eye(4)
+        vae.dec_out.conv.weight[:, :, -1, 1, 1] = torch.eye(4)
+    x = torch.rand(4, 9, 8, 8, generator=torch.Generator().manual_seed(1))
+    z = vae.encode(x)  # frames 0, 4, 8, each 4x4-averaged
+    want = torch.nn.functional.avg_pool2d(x[:, ::4], 4)
+    torch.testing.assert_close(z, want)
+    # the decoder (before its output norm) repeats each latent frame over the frames it
+    # stands for, and each latent pixel 4x4
+    seen = []
+    vae.dec_norm.register_forward_hook(lambda mod, args, out: seen.append(args[0][0]))
+    vae.decode(z)
+    up = z.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)  # (4, 3, 8, 8)
+    want = torch.cat([up[:, :1], up[:, 1:2].expand(-1, 4, -1, -1), up[:, 2:3].expand(-1, 4, -1, -1)], dim=1)
+    torch.testing.assert_close(seen[0], want)
+
+
+def test_shortcuts_need_divisible_widths():
+    with pytest.raises(ValueError, match="divisible"):
+        VAEConfig(widths=[8, 12], latent_channels=8, shortcuts=True)
 
 
 def test_latent_scale_scales_the_latent_and_its_inverse():
