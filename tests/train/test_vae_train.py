@@ -79,3 +79,18 @@ def test_psnr_report_groups_by_size():
     mse = sum(float((vae.decode(vae.encode(v)) - v).pow(2).mean()) for v in videos[2:4]) / 2
     assert one == pytest.approx(10 * math.log10(4 / mse), abs=0.01)
     assert vae_psnr_report(vae, videos[2:3], chunk=1)[0]["psnr"] == pytest.approx(psnr(vae.decode(vae.encode(videos[2])), videos[2]), abs=0.01)
+
+
+def test_demo_config_builds_and_fits_its_eval_sizes():
+    from pathlib import Path
+
+    from patchpack.model.vae import CausalVAE
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "vae_demo.yaml"
+    cfg = load_config(VAETrainConfig, str(path), [])
+    assert cfg.vae.shortcuts and cfg.vae.widths[-1] % cfg.vae.latent_channels == 0
+    vae = CausalVAE(cfg.vae).eval()
+    for t, h, w in cfg.eval.sizes:  # every report size is a valid input
+        assert vae.config.latent_shape(t, h, w)[0] == 1 + (t - 1) // cfg.vae.temporal
+    x = torch.zeros(3, 1 + cfg.vae.temporal, 8, 8)
+    assert vae.decode(vae.encode(x)).shape == x.shape
