@@ -8,6 +8,8 @@ VAE of Rombach et al., arXiv:2112.10752) made causal in time as MAGVIT-v2
 past, and the first frame is compressed on its own, so an image is a 1-frame video and
 latent frame j depends only on input frames <= j*ft. Norms are per frame (FrameNorm) and
 there is no attention, so the same weights run at any size divisible by the factors.
+Optional parameter-free shortcuts around the resamplers and the latent follow DC-AE's
+residual autoencoding (Chen et al., arXiv:2410.10733).
 
 Long videos are encoded and decoded in chunks over time (`chunk` latent frames at a
 time): each causal conv carries its last frames to the next chunk (vae_blocks.py), so
