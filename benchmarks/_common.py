@@ -7,6 +7,7 @@ the same run, so that numbers from different machines are never compared directl
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -58,6 +59,25 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 def write_json(path: Path, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def base_parser(doc: str, *, quick_help: str) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes: --quick, --out (default bench_results/), --seed."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--out", type=Path, default=Path("bench_results"), help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def save_figure(fig, path: Path) -> Path:
+    """tight_layout, write the PNG, close the figure (a script may draw several)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
 
 

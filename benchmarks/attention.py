@@ -41,7 +41,16 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common and distributions, run as a script
 
-from _common import best_time, machine_info, markdown_table, pass_fail, try_pyplot, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    base_parser,
+    best_time,
+    machine_info,
+    markdown_table,
+    pass_fail,
+    save_figure,
+    try_pyplot,
+    write_json,
+)
 from distributions import MixConfig, sample_native_sizes, to_latent  # noqa: E402
 
 from patchpack.kernels import explain, varlen_attention  # noqa: E402
@@ -294,17 +303,11 @@ def plot(results: list[dict], max_lens: list[int], path: Path) -> Path | None:
         ax.set_xlabel("ms (log)")
         ax.set_title(f"L={L}, fp32, H={HEADS}, d={HEAD_DIM}")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="L=4096 only, best of 2 (< 60 s on 2 cores)")
-    p.add_argument("--out", type=Path, default=Path("bench_results"), help="output directory")
-    p.add_argument("--seed", type=int, default=0)
+    p = base_parser(__doc__, quick_help="L=4096 only, best of 2 (< 60 s on 2 cores)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine may be shared)")
     p.add_argument("--max-lens", type=int, nargs="+", default=None, help="values of L (default 4096 quick, 4096 16384 full)")
     p.add_argument("--samples", type=int, default=2000, help="samples drawn before packing")

@@ -61,7 +61,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common and packing, run as a script
 
-from _common import machine_info, markdown_table, pass_fail, try_pyplot, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    base_parser,
+    machine_info,
+    markdown_table,
+    pass_fail,
+    save_figure,
+    try_pyplot,
+    write_json,
+)
 from packing import BUCKET_ASPECTS, BUCKET_FRAMES, BUCKET_RESOLUTIONS  # noqa: E402
 
 from patchpack.model import DiT, dit_config, flow_loss  # noqa: E402
@@ -440,17 +448,11 @@ def plot(results: list[dict], common: int, path: Path) -> Path | None:
     ax1.set_ylabel("held-out flow loss (fixed t, noise)")
     ax1.set_title("loss vs useful tokens")
     ax1.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke size (< 30 s on 2 cores)")
-    p.add_argument("--out", type=Path, default=Path("bench_results"), help="output directory")
-    p.add_argument("--seed", type=int, default=0)
+    p = base_parser(__doc__, quick_help="smoke size (< 30 s on 2 cores)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per batching (default 4 quick, 48 full)")
     p.add_argument("--max-len", type=int, default=None, help="L, token slots per row (default 512 quick, 1024 full)")
     p.add_argument("--rows", type=int, default=2, help="rows of L per step")

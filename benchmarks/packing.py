@@ -51,11 +51,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common and distributions, run as a script
 
 from _common import (  # noqa: E402
+    base_parser,
     best_time,
     machine_info,
     markdown_table,
     pass_fail,
     run_child_json,
+    save_figure,
     try_pyplot,
     write_json,
 )
@@ -388,17 +390,11 @@ def plot(results: list[dict], max_lens: list[int], path: Path) -> Path | None:
         ax.set_xlabel("useful-token fill (%)")
     axes[0][0].set_yticks(range(len(names)), names)
     axes[0][0].invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer samples and repeats (< 60 s on 2 cores)")
-    p.add_argument("--out", type=Path, default=Path("bench_results"), help="output directory")
-    p.add_argument("--seed", type=int, default=0)
+    p = base_parser(__doc__, quick_help="fewer samples and repeats (< 60 s on 2 cores)")
     p.add_argument("--samples", type=int, default=None, help="samples per workload (default 2000 quick, 20000 full)")
     p.add_argument("--max-lens", type=int, nargs="+", default=[4096, 16384], help="values of L")
     p.add_argument("--repeats", type=int, default=None, help="timing repeats (best of; default 2 quick, 3 full)")

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, run as a script
 
-from _common import machine_info, markdown_table, write_json  # noqa: E402
+from _common import base_parser, machine_info, markdown_table, write_json  # noqa: E402
 
 from patchpack.packer import PackerConfig  # noqa: E402
 from patchpack.train.config import DataConfig  # noqa: E402
@@ -47,14 +47,11 @@ def run(shards: Path, *, workers: int, data: DataConfig, packer: PackerConfig) -
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer samples (< 60 s on 2 cores)")
-    p.add_argument("--out", type=Path, default=Path("bench_results"), help="output directory")
+    p = base_parser(__doc__, quick_help="fewer samples (< 60 s on 2 cores)")
     p.add_argument("--samples", type=int, default=None, help="synthetic samples (default 96 quick, 400 full)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max-len", type=int, default=4096)
     p.add_argument("--rows", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
