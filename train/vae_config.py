@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from patchpack.model.vae import VAEConfig
 
 from .config import DataConfig
+from .train_config import OptimOptions
 
 
 @dataclass
@@ -26,16 +27,6 @@ class VAEClipOptions:
 class VAELossOptions:
     ssim_weight: float = 0.2  # weight of (1 - SSIM), the LPIPS-free perceptual proxy, beside L1
     sample: bool = True  # decode a posterior sample (True, a VAE) or the mean (False, an AE)
-
-
-@dataclass
-class VAEOptimOptions:
-    lr: float = 1e-3  # peak learning rate, reached after warmup
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    weight_decay: float = 0.0  # on >= 2-D weights only (train/optim.py)
-    warmup: int = 20  # linear warmup steps
-    min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr, reached at loop.steps
-    grad_clip: float = 1.0  # max global grad norm; <= 0 turns clipping off
 
 
 @dataclass
@@ -68,6 +59,7 @@ class VAETrainConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     clip: VAEClipOptions = field(default_factory=VAEClipOptions)
     loss: VAELossOptions = field(default_factory=VAELossOptions)
-    optim: VAEOptimOptions = field(default_factory=VAEOptimOptions)
+    # the DiT's optimizer options (train_config.OptimOptions) with a VAE's defaults
+    optim: OptimOptions = field(default_factory=lambda: OptimOptions(lr=1e-3, betas=[0.9, 0.99], warmup=20))
     loop: VAELoopOptions = field(default_factory=VAELoopOptions)
     eval: VAEEvalOptions = field(default_factory=VAEEvalOptions)
