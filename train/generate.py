@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,18 +77,18 @@ def load_run(path: str | Path, *, weights: str = "ema", attn_backend: str | None
     ckpt = find_checkpoint(path)
     step, model_state, state = load_checkpoint(ckpt)
     cfg = load_config(TrainConfig, yaml_text=state["config"])
-    model, encoder = build_models(cfg)
     changes = {k: v for k, v in (("attn_backend", attn_backend), ("rope_extrapolation", rope_extrapolation)) if v}
-    if changes:
-        model = DiT(replace(model.config, **changes))
+    model, encoder = build_models(cfg, **changes)
     model.load_state_dict(model_state)
     if "text" in state:
         encoder.load_state_dict(state["text"])
     if weights == "ema":  # the EMA holds the floating-point entries of {"dit": ..., "text": ...}
         for prefix, module in (("dit.", model), ("text.", encoder)):
             shadow = {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
-            if shadow:
-                module.load_state_dict(shadow, strict=False)
+            if shadow:  # not strict: the EMA skips integer buffers, but it may hold nothing unknown
+                unexpected = module.load_state_dict(shadow, strict=False).unexpected_keys
+                if unexpected:
+                    raise ValueError(f"{ckpt}: EMA entries the model does not have: {unexpected[:5]}")
     vae = None
     if cfg.vae is not None:
         from patchpack.model.vae_checkpoint import load_vae

@@ -70,12 +70,14 @@ from .stream import PackedStream
 from .train_config import TrainConfig
 
 
-def build_models(cfg: TrainConfig) -> tuple[DiT, nn.Module]:
+def build_models(cfg: TrainConfig, **dit_overrides) -> tuple[DiT, nn.Module]:
     """(DiT, text encoder); the DiT reads the encoder's dim, and the VAE's latent channels
-    when cfg.vae is set (3 pixel channels otherwise)."""
+    when cfg.vae is set (3 pixel channels otherwise). dit_overrides: further DiTConfig fields
+    (e.g. rope_extrapolation when sampling)."""
     encoder = build_text_encoder(cfg.text)
     m = cfg.model
     overrides = {k: getattr(m, k) for k in ("depth", "hidden", "heads") if getattr(m, k) is not None}
+    overrides.update(dit_overrides)
     channels = 3 if cfg.vae is None else vae_config_of(cfg.vae).latent_channels
     dit_cfg = dit_config(m.preset, in_channels=channels, patch=tuple(cfg.packer.patch), text_dim=encoder.dim,
                          attn_backend=m.attn_backend, prediction=m.prediction, **overrides)

@@ -96,3 +96,14 @@ def test_a_request_is_the_same_alone_or_packed_with_others(run_dir, tmp_path):
         for f in item["files"].values():
             assert (tmp_path / f).is_file()
     assert (tmp_path / "contact_sheet.png").is_file() and (tmp_path / "index.html").is_file()
+
+
+def test_ema_entries_the_model_lacks_are_refused(run_dir, tmp_path):
+    from patchpack.train.checkpoint import load_checkpoint, save_checkpoint
+
+    step, model_state, state = load_checkpoint(find_checkpoint(run_dir))
+    state["ema"]["dit.bogus.weight"] = torch.zeros(2)
+    bad = save_checkpoint(tmp_path / "checkpoints", step, model_state=model_state, state=state)
+    load_run(bad, weights="raw")  # the raw weights never read the EMA
+    with pytest.raises(ValueError, match="bogus"):
+        load_run(bad)
