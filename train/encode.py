@@ -1,8 +1,10 @@
 """Encode frames to mp4 (PyAV) and images (PIL): for the synthetic dataset and tests.
 
 libx264 when the PyAV wheel has it (the PyPI wheels do), else mpeg4. One encoder
-thread so that the bytes, not only the frames, are the same for the same input.
-yuv420p subsamples chroma 2x2, so width and height must be even.
+thread. The output bytes are not promised to repeat for the same frames: some x264
+builds write different bytes (and slightly different pixels) from one run to the
+next, so nothing here or in the tests relies on it. yuv420p subsamples chroma 2x2,
+so width and height must be even.
 """
 
 from __future__ import annotations

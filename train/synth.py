@@ -10,7 +10,13 @@ sides) and aspect ratios (9:16 ... 21:9):
           coffee, chelsea, rocket, ...).
 Every sample's json carries the attributes (`"attrs"`) beside the caption, so an
 evaluator can check a generated video against what its caption asked for.
-Same seed, same samples (frames and bytes).
+
+What a seed promises: the same seed gives the same samples in the same order, under the
+same keys: the same frames before encoding, the same captions and attributes (json bytes
+included). It does not promise the same mp4 bytes. Those are whatever the video encoder
+writes, and x264 does not promise identical bytes (or, after its rate control, identical
+decoded pixels) for identical frames from one run to the next. PNG images are lossless;
+JPEG and mp4 decode to within a few grey levels of the frames that went in.
 """
 
 from __future__ import annotations
