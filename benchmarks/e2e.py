@@ -84,9 +84,9 @@ from patchpack.packer import (  # noqa: E402
     prepare_sample,
 )
 from patchpack.packer.bins import make_engine  # noqa: E402
-from patchpack.train.decode import to_video_CTHW  # noqa: E402
-from patchpack.train.optim import adamw, warmup_cosine  # noqa: E402
-from patchpack.train.synth import make_sample  # noqa: E402
+from patchpack.train.data.media_decode import to_video_CTHW  # noqa: E402
+from patchpack.train.data.synth import make_sample  # noqa: E402
+from patchpack.train.loops.optim import adamw, warmup_cosine  # noqa: E402
 
 PATCH = (1, 8, 8)  # pixel space: 3 x 8 x 8 = 192 features a token; a 64 px side is 8 tokens
 MAX_FRAMES = 8  # leading frames kept (1 s of the synth's 8 fps clips)

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, run as a sc
 from _common import base_parser, machine_info, markdown_table, write_json  # noqa: E402
 
 from patchpack.packer import PackerConfig  # noqa: E402
-from patchpack.train.config import DataConfig  # noqa: E402
-from patchpack.train.stream import PackedStream  # noqa: E402
-from patchpack.train.synth import synth  # noqa: E402
+from patchpack.train.data.config import DataConfig  # noqa: E402
+from patchpack.train.data.packed_stream import PackedStream  # noqa: E402
+from patchpack.train.data.synth import synth  # noqa: E402
 
 
 def run(shards: Path, *, workers: int, data: DataConfig, packer: PackerConfig) -> dict:

@@ -76,7 +76,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from patchpack.train.synth import synth
+    from patchpack.train.data.synth import synth
 
     try:
         synth(args.out, num_samples=args.num_samples, seed=args.seed, shard_size=args.shard_size)
@@ -85,7 +85,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_make_shards(args: argparse.Namespace) -> None:
-    from patchpack.train.shards import make_shards
+    from patchpack.train.data.shards import make_shards
 
     for path in (args.src, args.captions):
         if not Path(path).exists():
@@ -100,9 +100,9 @@ def cmd_make_shards(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from patchpack.train.loops.config import TrainConfig
+    from patchpack.train.loops.dit_loop import train
     from patchpack.train.options import ConfigError, load_config
-    from patchpack.train.train_config import TrainConfig
-    from patchpack.train.trainer import train
 
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)
@@ -114,9 +114,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_train_vae(args: argparse.Namespace) -> None:
+    from patchpack.train.loops.vae_config import VAETrainConfig
+    from patchpack.train.loops.vae_loop import train_vae
     from patchpack.train.options import ConfigError, load_config
-    from patchpack.train.vae_config import VAETrainConfig
-    from patchpack.train.vae_trainer import train_vae
 
     try:
         cfg = load_config(VAETrainConfig, args.config, args.overrides)
@@ -127,8 +127,8 @@ def cmd_train_vae(args: argparse.Namespace) -> None:
 
 
 def cmd_encode_latents(args: argparse.Namespace) -> None:
-    from patchpack.train.config import DataConfig
-    from patchpack.train.latents import encode_latent_shards
+    from patchpack.train.data.config import DataConfig
+    from patchpack.train.data.latent_shards import encode_latent_shards
 
     for path in (args.src, args.vae):
         if not Path(path).exists():
@@ -146,7 +146,7 @@ def cmd_encode_latents(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from patchpack.train.demo import DemoOptions, run_demo
+    from patchpack.train.apps.demo import DemoOptions, run_demo
     from patchpack.train.options import ConfigError
 
     config = Path(args.config) if args.config else _source_file("configs/demo.yaml")
@@ -173,7 +173,7 @@ def _source_file(rel: str) -> Path:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from patchpack.train.generate import load_run, parse_size, requests, sample, write_outputs
+    from patchpack.train.apps.generate import load_run, parse_size, requests, sample, write_outputs
 
     try:
         sizes = [parse_size(s) for s in args.size]
@@ -192,7 +192,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from patchpack.train.evaluate import evaluate_dir, format_report
+    from patchpack.train.apps.evaluate import evaluate_dir, format_report
 
     if not (Path(args.dir) / "manifest.json").is_file():
         raise UserError(f"{args.dir} has no manifest.json (write one with patchpack generate or patchpack demo)")

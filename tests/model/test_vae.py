@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from patchpack.model.autoencoder import Autoencoder
-from patchpack.model.vae import CausalVAE, VAEConfig
-from patchpack.model.vae_loss import psnr, ssim, vae_loss
+from patchpack.model.vae.loss import psnr, ssim, vae_loss
+from patchpack.model.vae.model import CausalVAE, VAEConfig
 
 
 @pytest.fixture(autouse=True)
@@ -174,7 +174,7 @@ def test_overfit_tiny_clip_high_psnr():
 
 
 def test_checkpoint_round_trip_and_pickle_refusal(tmp_path):
-    from patchpack.model.vae_checkpoint import load_vae, save_vae
+    from patchpack.model.vae.checkpoint import load_vae, save_vae
 
     vae = _vae(temporal=4)
     vae.config.latent_scale = 0.7
@@ -194,7 +194,7 @@ def test_checkpoint_round_trip_and_pickle_refusal(tmp_path):
     ((1, 16, 16), {"max_pixels": 1}, (1, 4, 4)),
 ])
 def test_fit_to_vae_sizes(size, kw, want):
-    from patchpack.model.vae_fit import fit_to_vae
+    from patchpack.model.vae.fit import fit_to_vae
 
     cfg = VAEConfig(temporal=4, widths=[8, 16])
     out = fit_to_vae(torch.zeros(3, *size), config=cfg, **kw)
@@ -203,7 +203,7 @@ def test_fit_to_vae_sizes(size, kw, want):
 
 
 def test_conv2d_fast_path_matches_conv3d_reference():
-    from patchpack.model.vae_blocks import CausalConv3d
+    from patchpack.model.vae.blocks import CausalConv3d
 
     vae = _vae(temporal=4)
     x = _video(9, 12, 20)
@@ -220,7 +220,7 @@ def test_generate_decodes_latents_through_a_loaded_vae(tmp_path):
     from dit_testing import StubTextEncoder, random_dit
 
     from patchpack.model import generate
-    from patchpack.model.vae_checkpoint import load_vae, save_vae
+    from patchpack.model.vae.checkpoint import load_vae, save_vae
 
     save_vae(_vae(temporal=4), tmp_path / "vae")
     vae = load_vae(tmp_path / "vae")

@@ -7,10 +7,10 @@ import tarfile
 import numpy as np
 import pytest
 
-from patchpack.train.decode import DecodeError, decode_image, decode_video
-from patchpack.train.encode import encode_image, encode_mp4
-from patchpack.train.shards import make_shards, read_captions
-from patchpack.train.synth import make_sample, synth
+from patchpack.train.data.media_decode import DecodeError, decode_image, decode_video
+from patchpack.train.data.media_encode import encode_image, encode_mp4
+from patchpack.train.data.shards import make_shards, read_captions
+from patchpack.train.data.synth import make_sample, synth
 
 BIG = 1 << 40
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from patchpack.packer import PackerConfig
-from patchpack.train.config import DataConfig
-from patchpack.train.encode import encode_image, encode_mp4
-from patchpack.train.shards import ShardWriter
-from patchpack.train.state_io import flatten, unflatten
-from patchpack.train.stream import PackedStream, expand_shards, split_shards
+from patchpack.train.data.config import DataConfig
+from patchpack.train.data.media_encode import encode_image, encode_mp4
+from patchpack.train.data.packed_stream import PackedStream, expand_shards, split_shards
+from patchpack.train.data.shards import ShardWriter
+from patchpack.train.loops.state_io import flatten, unflatten
 
 PACKER = dict(patch=(1, 2, 2), max_len=192, rows=2, max_tokens_per_sample=96, buffer=4)
 

@@ -18,18 +18,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from patchpack.train.checkpoint import latest_checkpoint, load_checkpoint
-from patchpack.train.metrics import read_metrics
-from patchpack.train.stream import split_shards
-from patchpack.train.synth import synth
+from patchpack.train.data.packed_stream import split_shards
+from patchpack.train.data.synth import synth
+from patchpack.train.loops.checkpoint import latest_checkpoint, load_checkpoint
+from patchpack.train.loops.metrics import read_metrics
 
 # Each rank records the keys it trained on and its final trained weights (DiT + text).
 _WORKER = r"""
 import json, os, sys
 from safetensors.torch import save_file
-from patchpack.train import trainer
+from patchpack.train.loops import dit_loop as trainer
 from patchpack.train.options import load_config
-from patchpack.train.train_config import TrainConfig
+from patchpack.train.loops.config import TrainConfig
 
 import torch.distributed as dist
 

@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from patchpack.train.decode import decode_video
-from patchpack.train.encode import encode_image, encode_mp4
-from patchpack.train.evaluate import (
+from patchpack.train.apps.evaluate import (
     evaluate,
     evaluate_dir,
     format_report,
@@ -23,7 +21,9 @@ from patchpack.train.evaluate import (
     read_attributes,
     score,
 )
-from patchpack.train.synth import BACKGROUNDS, COLOURS, MOTIONS, make_sample
+from patchpack.train.data.media_decode import decode_video
+from patchpack.train.data.media_encode import encode_image, encode_mp4
+from patchpack.train.data.synth import BACKGROUNDS, COLOURS, MOTIONS, make_sample
 
 CLIP_LENGTHS = (2, 4, 8)  # demo durations; synth's one-frame samples stay images
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from patchpack.train import trainer
-from patchpack.train.generate import (
+from patchpack.train.loops import dit_loop as trainer
+from patchpack.train.apps.generate import (
     find_checkpoint,
     load_run,
     parse_size,
@@ -17,9 +17,9 @@ from patchpack.train.generate import (
     sample,
     write_outputs,
 )
+from patchpack.train.data.synth import synth
+from patchpack.train.loops.config import TrainConfig
 from patchpack.train.options import load_config
-from patchpack.train.synth import synth
-from patchpack.train.train_config import TrainConfig
 
 pytest.importorskip("av")
 
@@ -99,7 +99,7 @@ def test_a_request_is_the_same_alone_or_packed_with_others(run_dir, tmp_path):
 
 
 def test_ema_entries_the_model_lacks_are_refused(run_dir, tmp_path):
-    from patchpack.train.checkpoint import load_checkpoint, save_checkpoint
+    from patchpack.train.loops.checkpoint import load_checkpoint, save_checkpoint
 
     step, model_state, state = load_checkpoint(find_checkpoint(run_dir))
     state["ema"]["dit.bogus.weight"] = torch.zeros(2)

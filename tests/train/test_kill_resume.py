@@ -14,12 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from patchpack.train import trainer
-from patchpack.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from patchpack.train.metrics import read_metrics
+from patchpack.train.loops import dit_loop as trainer
+from patchpack.train.data.synth import synth
+from patchpack.train.loops.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from patchpack.train.loops.config import TrainConfig
+from patchpack.train.loops.metrics import read_metrics
 from patchpack.train.options import load_config
-from patchpack.train.synth import synth
-from patchpack.train.train_config import TrainConfig
 
 # The child trains with these overrides and stalls for a minute half-way through writing
 # the step-4 checkpoint (model.safetensors written, state not yet), so the kill is sure to
@@ -27,10 +27,10 @@ from patchpack.train.train_config import TrainConfig
 _CHILD = r"""
 import json, sys, time
 from pathlib import Path
-import patchpack.train.checkpoint as ck
+import patchpack.train.loops.checkpoint as ck
 from patchpack.train.options import load_config
-from patchpack.train.train_config import TrainConfig
-from patchpack.train.trainer import train
+from patchpack.train.loops.config import TrainConfig
+from patchpack.train.loops.dit_loop import train
 
 overrides, marker = json.loads(sys.argv[1]), Path(sys.argv[2])
 real = ck._write_file

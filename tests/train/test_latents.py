@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from patchpack.model.vae import CausalVAE, VAEConfig
-from patchpack.model.vae_checkpoint import save_vae
-from patchpack.model.vae_fit import fit_to_vae
+from patchpack.model.vae.checkpoint import save_vae
+from patchpack.model.vae.fit import fit_to_vae
+from patchpack.model.vae.model import CausalVAE, VAEConfig
 from patchpack.packer import PackerConfig, patchify
-from patchpack.train.config import DataConfig
-from patchpack.train.encode import encode_image, encode_mp4
-from patchpack.train.latents import encode_latent_shards
-from patchpack.train.shards import ShardWriter
-from patchpack.train.stream import PackedStream, VideoStream
+from patchpack.train.data.config import DataConfig
+from patchpack.train.data.latent_shards import encode_latent_shards
+from patchpack.train.data.media_encode import encode_image, encode_mp4
+from patchpack.train.data.packed_stream import PackedStream, VideoStream
+from patchpack.train.data.shards import ShardWriter
 
 SIZES = [(1, 16, 24), (9, 16, 16), (6, 24, 16), (1, 32, 8), (5, 8, 16)]  # (T, H, W); 6 frames -> 5
 

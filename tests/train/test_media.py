@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from patchpack.train.media import (
+from patchpack.train.apps.gallery import (
     GalleryItem,
     contact_sheet,
     read_gif,
@@ -34,7 +34,7 @@ def test_to_frames_maps_the_range_and_clips():
 
 def test_video_files_round_trip(tmp_path):
     pytest.importorskip("av")
-    from patchpack.train.decode import decode_image, decode_video
+    from patchpack.train.data.media_decode import decode_image, decode_video
 
     clip = _clip()
     files = write_video_files(tmp_path, "v", clip, fps=8)

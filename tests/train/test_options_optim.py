@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from patchpack.train.optim import EMA, adamw, warmup_cosine
+from patchpack.train.loops.optim import EMA, adamw, warmup_cosine
 from patchpack.train.options import ConfigError, load_config, to_yaml
 
 
@@ -81,7 +81,7 @@ def test_ema_tracks_and_restores():
 
 
 def test_metrics_jsonl_and_console_line(tmp_path, capsys):
-    from patchpack.train.metrics import MetricsLog, read_metrics
+    from patchpack.train.loops.metrics import MetricsLog, read_metrics
 
     log = MetricsLog(tmp_path / "m.jsonl", console=True)
     log.log(10, {"loss": 0.48123, "tokens_per_s": 3263.3, "skipped": {}, "reason": "nonfinite_loss"})

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from patchpack.train.checkpoint import (
+from patchpack.train.loops.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
-from patchpack.train.state_io import flatten, unflatten
+from patchpack.train.loops.state_io import flatten, unflatten
 
 
 def _optimizer_state():

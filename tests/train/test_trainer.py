@@ -15,14 +15,14 @@ import torch
 from safetensors.torch import load_file
 
 from patchpack.model.flow import FlowLoss
-from patchpack.train import trainer
-from patchpack.train.checkpoint import latest_checkpoint
-from patchpack.train.metrics import Progress, read_metrics
+from patchpack.train.loops import dit_loop as trainer
+from patchpack.train.data.packed_stream import PackedStream
+from patchpack.train.data.synth import synth
+from patchpack.train.loops.checkpoint import latest_checkpoint
+from patchpack.train.loops.config import TrainConfig
+from patchpack.train.loops.metrics import Progress, read_metrics
 from patchpack.train.options import ConfigError, load_config
-from patchpack.train.parallel import apply_compile, apply_grad_checkpointing, autocast_dtype
-from patchpack.train.stream import PackedStream
-from patchpack.train.synth import synth
-from patchpack.train.train_config import TrainConfig
+from patchpack.train.parallel.wrap import apply_compile, apply_grad_checkpointing, autocast_dtype
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,18 @@ import math
 import pytest
 import torch
 
-from patchpack.model.vae_checkpoint import load_vae
-from patchpack.model.vae_loss import psnr
-from patchpack.train.checkpoint import list_checkpoints
-from patchpack.train.metrics import read_metrics
+from patchpack.model.vae.checkpoint import load_vae
+from patchpack.model.vae.loss import psnr
+from patchpack.train.loops.checkpoint import list_checkpoints
+from patchpack.train.loops.metrics import read_metrics
+from patchpack.train.loops.vae_config import VAETrainConfig
+from patchpack.train.loops.vae_loop import synth_eval_videos, train_vae, vae_psnr_report
 from patchpack.train.options import load_config
-from patchpack.train.vae_config import VAETrainConfig
-from patchpack.train.vae_trainer import synth_eval_videos, train_vae, vae_psnr_report
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from patchpack.train.synth import synth
+    from patchpack.train.data.synth import synth
 
     out = tmp_path_factory.mktemp("synth")
     synth(out, num_samples=6, shard_size=3, min_side=16, max_side=32, progress=False)
@@ -67,7 +67,7 @@ def test_config_errors(shards, tmp_path):
 
 
 def test_psnr_report_groups_by_size():
-    from patchpack.model.vae import CausalVAE, VAEConfig
+    from patchpack.model.vae.model import CausalVAE, VAEConfig
 
     torch.manual_seed(0)
     vae = CausalVAE(VAEConfig(temporal=4, widths=[8, 8])).eval()
@@ -84,7 +84,7 @@ def test_psnr_report_groups_by_size():
 def test_demo_config_builds_and_fits_its_eval_sizes():
     from pathlib import Path
 
-    from patchpack.model.vae import CausalVAE
+    from patchpack.model.vae.model import CausalVAE
 
     path = Path(__file__).resolve().parents[2] / "configs" / "vae_demo.yaml"
     cfg = load_config(VAETrainConfig, str(path), [])

@@ -47,7 +47,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .config import DataConfig
-from .decode import (
+from .media_decode import (
     IMAGE_EXTS,
     LATENT_EXT,
     VIDEO_EXTS,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .encode import encode_image, encode_mp4
+from .media_encode import encode_image, encode_mp4
 from .shards import ShardWriter, print_summary
 
 FPS = 8

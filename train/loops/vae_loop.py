@@ -26,17 +26,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from patchpack.model.vae import CausalVAE
-from patchpack.model.vae_checkpoint import save_vae
-from patchpack.model.vae_fit import fit_to_vae
-from patchpack.model.vae_loss import psnr, vae_loss
+from patchpack.model.vae.checkpoint import save_vae
+from patchpack.model.vae.fit import fit_to_vae
+from patchpack.model.vae.loss import psnr, vae_loss
+from patchpack.model.vae.model import CausalVAE
+from patchpack.train.data.media_decode import to_video_CTHW
+from patchpack.train.data.packed_stream import VideoStream
+from patchpack.train.options import to_yaml
 
 from .checkpoint import latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint
-from .decode import to_video_CTHW
 from .metrics import MetricsLog
 from .optim import adamw, warmup_cosine
-from .options import to_yaml
-from .stream import VideoStream
 from .vae_config import VAETrainConfig
 
 __all__ = ["train_vae", "vae_psnr_report", "synth_eval_videos", "latent_std"]
@@ -64,7 +64,7 @@ def vae_psnr_report(vae: CausalVAE, videos: Iterable[Tensor], *, chunk: int | No
 def synth_eval_videos(sizes: Sequence[Sequence[int]], *, per_size: int, seed: int) -> list[Tensor]:
     """Held-out synthetic clips at exact (T, H, W) sizes: shapes and photo pans alternately,
     drawn from the same generators as `patchpack synth` with their own seed."""
-    from . import synth
+    from patchpack.train.data import synth
 
     rng = random.Random(seed)
     out = []

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .text_common import check_captions, empty_text
+from .common import check_captions, empty_text
 
 __all__ = ["HFTextEncoder", "MiniLMTextEncoder", "minilm_path"]
 

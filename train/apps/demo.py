@@ -17,11 +17,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from patchpack.train.data.synth import (
+    BACKGROUNDS,
+    COLOURS,
+    DIRECTIONS,
+    SHAPES,
+    SPEEDS,
+    shape_caption,
+    synth,
+)
+from patchpack.train.loops.config import TrainConfig
+from patchpack.train.loops.metrics import read_metrics
+from patchpack.train.options import load_config
+
 from .generate import Request, load_run, sample, write_outputs
-from .metrics import read_metrics
-from .options import load_config
-from .synth import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SPEEDS, shape_caption, synth
-from .train_config import TrainConfig
 
 
 @dataclass
@@ -74,7 +83,7 @@ def prompt_for(subject: dict, frames: int) -> str:
 
 
 def run_demo(opts: DemoOptions) -> dict:
-    from .trainer import train  # the data stack and torch start here
+    from patchpack.train.loops.dit_loop import train  # the data stack and torch start here
 
     out = Path(opts.out)
     data, run_dir, samples_dir = out / "data", out / "run", out / "samples"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .encode import encode_image, encode_mp4
+from patchpack.train.data.media_encode import encode_image, encode_mp4
 
 
 def to_frames(video_CTHW: torch.Tensor) -> np.ndarray:

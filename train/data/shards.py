@@ -17,7 +17,7 @@ import re
 import tarfile
 from pathlib import Path
 
-from .decode import IMAGE_EXTS, VIDEO_EXTS, DecodeError, decode_image, decode_video
+from .media_decode import IMAGE_EXTS, VIDEO_EXTS, DecodeError, decode_image, decode_video
 from .skips import SkipCounter
 
 

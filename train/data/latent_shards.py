@@ -22,14 +22,14 @@ from dataclasses import replace
 import torch
 from safetensors.torch import save
 
-from patchpack.model.vae_checkpoint import load_vae
-from patchpack.model.vae_fit import fit_to_vae
+from patchpack.model.vae.checkpoint import load_vae
+from patchpack.model.vae.fit import fit_to_vae
 
 from .config import DataConfig
-from .decode import DecodeError
+from .media_decode import DecodeError
+from .packed_stream import _read_shard, _Stream, expand_shards
 from .shards import ShardWriter, print_summary
 from .skips import SkipCounter
-from .stream import _read_shard, _Stream, expand_shards
 
 __all__ = ["encode_latent_shards", "latent_members"]
 

@@ -21,11 +21,11 @@ import numpy as np
 from torch import nn
 
 from patchpack.model import DiT, check_grid, generate
+from patchpack.train.loops.checkpoint import latest_checkpoint, load_checkpoint
+from patchpack.train.loops.config import TrainConfig
+from patchpack.train.options import load_config
 
-from .checkpoint import latest_checkpoint, load_checkpoint
-from .media import GalleryItem, contact_sheet, to_frames, write_gallery, write_video_files
-from .options import load_config
-from .train_config import TrainConfig
+from .gallery import GalleryItem, contact_sheet, to_frames, write_gallery, write_video_files
 
 WEIGHTS = ("ema", "raw")
 
@@ -70,7 +70,9 @@ def load_run(path: str | Path, *, weights: str = "ema", attn_backend: str | None
     weights: "ema" (the averaged weights, what one samples from) or "raw" (the last step's).
     attn_backend, rope_extrapolation: DiT config fields to change at load time.
     """
-    from .trainer import build_models  # trainer pulls in the data stack; only needed here
+    from patchpack.train.loops.dit_loop import (
+        build_models,  # trainer pulls in the data stack; only needed here
+    )
 
     if weights not in WEIGHTS:
         raise ValueError(f"weights={weights!r}, expected one of {WEIGHTS}")
@@ -91,7 +93,7 @@ def load_run(path: str | Path, *, weights: str = "ema", attn_backend: str | None
                     raise ValueError(f"{ckpt}: EMA entries the model does not have: {unexpected[:5]}")
     vae = None
     if cfg.vae is not None:
-        from patchpack.model.vae_checkpoint import load_vae
+        from patchpack.model.vae.checkpoint import load_vae
 
         vae = load_vae(cfg.vae)
     return LoadedRun(model.eval(), encoder.eval(), cfg, step, ckpt, weights, vae)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from patchpack.packer import resize_video
 
-from .vae import VAEConfig
+from .model import VAEConfig
 
 __all__ = ["fit_vae_size", "fit_to_vae"]
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from patchpack.model.vae import VAEConfig
+from patchpack.model.vae.model import VAEConfig
+from patchpack.train.data.config import DataConfig
 
-from .config import DataConfig
-from .train_config import OptimOptions
+from .config import OptimOptions
 
 
 @dataclass

@@ -37,10 +37,11 @@ from torch import nn
 from patchpack.model import DiT, dit_config, flow_loss
 from patchpack.model.flow import FlowConfig, sample_timesteps
 from patchpack.model.text import build_text_encoder, drop_captions
-from patchpack.model.vae_checkpoint import vae_config_of
-
-from .checkpoint import latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint
-from .distributed import (
+from patchpack.model.vae.checkpoint import vae_config_of
+from patchpack.train.data.packed_stream import PackedStream
+from patchpack.train.data.skips import merge_counts
+from patchpack.train.options import to_yaml
+from patchpack.train.parallel.distributed import (
     DistInfo,
     any_rank,
     barrier,
@@ -49,10 +50,7 @@ from .distributed import (
     init_distributed,
     sum_ranks,
 )
-from .metrics import MetricsLog, Progress
-from .optim import EMA, adamw, warmup_cosine
-from .options import to_yaml
-from .parallel import (
+from patchpack.train.parallel.wrap import (
     apply_compile,
     apply_grad_checkpointing,
     autocast,
@@ -65,9 +63,11 @@ from .parallel import (
     shard_optimizer_state,
     wrap_data_parallel,
 )
-from .skips import merge_counts
-from .stream import PackedStream
-from .train_config import TrainConfig
+
+from .checkpoint import latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint
+from .config import TrainConfig
+from .metrics import MetricsLog, Progress
+from .optim import EMA, adamw, warmup_cosine
 
 
 def build_models(cfg: TrainConfig, **dit_overrides) -> tuple[DiT, nn.Module]:

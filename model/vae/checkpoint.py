@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import WEIGHTS_NAME, check_safetensors
-from .vae import CausalVAE, VAEConfig
+from patchpack.model.checkpoint import WEIGHTS_NAME, check_safetensors
+
+from .model import CausalVAE, VAEConfig
 
 __all__ = ["VAE_CONFIG_NAME", "save_vae", "load_vae", "vae_config_of"]
 

@@ -23,9 +23,9 @@ from typing import Any
 
 from torch import nn
 
-from .text_common import drop_captions, pool_mean
-from .text_hf import HFTextEncoder, MiniLMTextEncoder, minilm_path
-from .text_tiny import TinyTextConfig, TinyTextEncoder, tiny_token_ids, tiny_words
+from .common import drop_captions, pool_mean
+from .hf import HFTextEncoder, MiniLMTextEncoder, minilm_path
+from .tiny import TinyTextConfig, TinyTextEncoder, tiny_token_ids, tiny_words
 
 __all__ = [
     "build_text_encoder",

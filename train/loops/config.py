@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from patchpack.packer import PackerConfig
-
-from .config import DataConfig
+from patchpack.train.data.config import DataConfig
 
 
 @dataclass

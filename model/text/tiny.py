@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .text_common import check_captions, empty_text
+from .common import check_captions, empty_text
 
 __all__ = ["TinyTextConfig", "TinyTextEncoder", "tiny_words", "tiny_token_ids"]
 

@@ -35,7 +35,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .synth import BACKGROUNDS, COLOURS, DIRECTIONS, MOTIONS, PHOTO_NAMES, SHAPES, SPEEDS
+from patchpack.train.data.synth import (
+    BACKGROUNDS,
+    COLOURS,
+    DIRECTIONS,
+    MOTIONS,
+    PHOTO_NAMES,
+    SHAPES,
+    SPEEDS,
+)
 
 ATTRIBUTES = ("kind", "object", "colour", "background", "direction", "speed", "motion")
 MOTION_ATTRIBUTES = ("direction", "speed", "motion")  # need >= 2 frames
@@ -403,7 +411,7 @@ def _group(item: dict) -> str:
 
 
 def _load_item(root: Path, files: dict, t: int, *, where: str) -> np.ndarray:
-    from .decode import decode_image, decode_video
+    from patchpack.train.data.media_decode import decode_image, decode_video
 
     key = "mp4" if t > 1 else "png"
     if key not in files:

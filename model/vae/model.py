@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .vae_blocks import CausalConv3d, Downsample, FrameNorm, ResBlock, Upsample, _groups, _Streaming
+from .blocks import CausalConv3d, Downsample, FrameNorm, ResBlock, Upsample, _groups, _Streaming
 
 __all__ = ["VAEConfig", "CausalVAE", "VAEOutput"]
 
