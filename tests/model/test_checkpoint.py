@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 import torch
-from dit_testing import make_sample, make_text, one_thread, random_dit, run_packed  # noqa: F401
+from dit_testing import make_sample, make_text, random_dit, run_packed
 
 from patchpack.model import DiTConfig, load_dit, save_dit
 from patchpack.model.checkpoint import WEIGHTS_NAME

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dit_testing import make_sample, make_text, one_thread, random_dit, run_packed  # noqa: F401
+from dit_testing import make_sample, make_text, random_dit, run_packed
 
 from patchpack.packer import pack
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from dit_testing import TEXT_DIM, make_sample, one_thread, random_dit  # noqa: F401
+from dit_testing import TEXT_DIM, make_sample, random_dit
 
 from patchpack.model import flow_loss, generate
 from patchpack.model.text import TinyTextConfig, TinyTextEncoder

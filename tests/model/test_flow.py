@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from dit_testing import TEXT_DIM, make_sample, make_text, one_thread  # noqa: F401
+from dit_testing import TEXT_DIM, make_sample, make_text
 
 from patchpack.model import (
     DiT,

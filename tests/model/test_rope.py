@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dit_testing import make_sample, one_thread  # noqa: F401
+from dit_testing import make_sample
 
 from patchpack.model import Rope3D, apply_rope, rope_axis_pairs
 from patchpack.model.dit import per_token

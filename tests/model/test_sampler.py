@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from dit_testing import StubTextEncoder, one_thread, random_dit  # noqa: F401
+from dit_testing import StubTextEncoder, random_dit
 
 from patchpack.model import IdentityAutoencoder, check_grid, generate
 from patchpack.packer import plan_packs

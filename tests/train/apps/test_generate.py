@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from patchpack.train.loops import dit_loop as trainer
 from patchpack.train.apps.generate import (
     find_checkpoint,
     load_run,
@@ -18,6 +17,7 @@ from patchpack.train.apps.generate import (
     write_outputs,
 )
 from patchpack.train.data.synth import synth
+from patchpack.train.loops import dit_loop as trainer
 from patchpack.train.loops.config import TrainConfig
 from patchpack.train.options import load_config
 

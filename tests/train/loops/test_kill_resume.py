@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from patchpack.train.loops import dit_loop as trainer
 from patchpack.train.data.synth import synth
+from patchpack.train.loops import dit_loop as trainer
 from patchpack.train.loops.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from patchpack.train.loops.config import TrainConfig
 from patchpack.train.loops.metrics import read_metrics

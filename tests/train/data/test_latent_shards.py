@@ -21,14 +21,6 @@ from patchpack.train.data.shards import ShardWriter
 SIZES = [(1, 16, 24), (9, 16, 16), (6, 24, 16), (1, 32, 8), (5, 8, 16)]  # (T, H, W); 6 frames -> 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def setup(tmp_path):
     rng = np.random.default_rng(0)

@@ -10,14 +10,6 @@ from patchpack.model.vae.loss import psnr, ssim, vae_loss
 from patchpack.model.vae.model import CausalVAE, VAEConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _vae(**kw) -> CausalVAE:
     torch.manual_seed(0)
     return CausalVAE(VAEConfig(**{"widths": [8, 16], "latent_channels": 4, **kw})).eval()

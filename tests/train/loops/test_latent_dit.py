@@ -7,11 +7,11 @@ import torch
 
 from patchpack.model.vae.checkpoint import save_vae
 from patchpack.model.vae.model import CausalVAE, VAEConfig
-from patchpack.train.loops import dit_loop as trainer
 from patchpack.train.apps.generate import load_run, model_grids, requests, sample
 from patchpack.train.data.config import DataConfig
 from patchpack.train.data.latent_shards import encode_latent_shards
 from patchpack.train.data.synth import synth
+from patchpack.train.loops import dit_loop as trainer
 from patchpack.train.loops.config import TrainConfig
 from patchpack.train.options import load_config
 

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from patchpack.model.flow import FlowLoss
-from patchpack.train.loops import dit_loop as trainer
 from patchpack.train.data.packed_stream import PackedStream
 from patchpack.train.data.synth import synth
+from patchpack.train.loops import dit_loop as trainer
 from patchpack.train.loops.checkpoint import latest_checkpoint
 from patchpack.train.loops.config import TrainConfig
 from patchpack.train.loops.metrics import Progress, read_metrics
@@ -247,7 +247,7 @@ def test_bf16_on_cpu_is_allowed_with_a_warning_and_trains(shards, tmp_path):
 
 
 def test_gpu_config_loads_and_says_what_it_promises():
-    cfg = load_config(TrainConfig, Path(__file__).parents[2] / "configs" / "gpu.yaml", [])
+    cfg = load_config(TrainConfig, Path(__file__).parents[3] / "configs" / "gpu.yaml", [])
     assert cfg.model.preset == "B" and cfg.text == "minilm" and cfg.packer.max_len >= 4096
     assert cfg.loop.precision == "bf16" and cfg.loop.parallel == "ddp" and cfg.loop.num_workers > 0
     assert cfg.loop.grad_checkpointing and cfg.loop.compile

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from patchpack.model import DiT, dit_config
 from patchpack.packer import PatchedSample, grid_coords, pack
 
 TEXT_DIM = 16
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add spin-wait, and on a busy 2-core machine
-    they make each op ~50x slower. Import this fixture into a test module to use it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def random_dit(backend: str = "reference", *, depth: int = 2, seed: int = 0, **kw) -> DiT:

@@ -86,7 +86,7 @@ def test_demo_config_builds_and_fits_its_eval_sizes():
 
     from patchpack.model.vae.model import CausalVAE
 
-    path = Path(__file__).resolve().parents[2] / "configs" / "vae_demo.yaml"
+    path = Path(__file__).resolve().parents[3] / "configs" / "vae_demo.yaml"
     cfg = load_config(VAETrainConfig, str(path), [])
     assert cfg.vae.shortcuts and cfg.vae.widths[-1] % cfg.vae.latent_channels == 0
     vae = CausalVAE(cfg.vae).eval()
