@@ -61,7 +61,7 @@ def _kernels_interpreted() -> bool | None:
     mod = sys.modules.get(_FWD_MODULE)
     if mod is None:
         return None
-    return type(mod._fwd_kernel).__name__ == "InterpretedFunction"
+    return type(mod.fwd_kernel).__name__ == "InterpretedFunction"
 
 
 def not_supported_reasons(

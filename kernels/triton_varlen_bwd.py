@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_varlen_fwd import _dot, block_sizes, use_fp32_dot
+from .triton_varlen_fwd import dot, block_sizes, use_fp32_dot
 
 
 @triton.jit
@@ -94,17 +94,17 @@ def _bwd_dkdv_kernel(
             lse = tl.load(LSE + head * stride_ln + q_start + rows, mask=mask_m, other=float("inf"))
             delta = tl.load(DELTA + head * stride_ln + q_start + rows, mask=mask_m, other=0.0)
 
-            s = _dot(q, tl.trans(k), FP32_DOT) * qk_scale
+            s = dot(q, tl.trans(k), FP32_DOT) * qk_scale
             p = tl.exp2(s - lse[:, None] * 1.4426950408889634)
             valid = mask_m[:, None] & mask_n[None, :]
             if CAUSAL:
                 valid = valid & (offs_n[None, :] <= rows[:, None] + diag)
             p = tl.where(valid, p, 0.0)
 
-            dv += _dot(tl.trans(p.to(do.dtype)), do, FP32_DOT)
-            dp = _dot(do, tl.trans(v), FP32_DOT)
+            dv += dot(tl.trans(p.to(do.dtype)), do, FP32_DOT)
+            dp = dot(do, tl.trans(v), FP32_DOT)
             ds = p * (dp - delta[:, None])
-            dk += _dot(tl.trans(ds.to(q.dtype)), q, FP32_DOT)
+            dk += dot(tl.trans(ds.to(q.dtype)), q, FP32_DOT)
 
         dk = dk * sm_scale
         tl.store(DK + (k_start + offs_n)[:, None] * stride_dkt + head * stride_dkn + offs_d[None, :],
@@ -162,15 +162,15 @@ def _bwd_dq_kernel(
             k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
             v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
 
-            s = _dot(q, tl.trans(k), FP32_DOT) * qk_scale
+            s = dot(q, tl.trans(k), FP32_DOT) * qk_scale
             p = tl.exp2(s - lse[:, None] * 1.4426950408889634)
             valid = mask_m[:, None] & mask_n[None, :]
             if CAUSAL:
                 valid = valid & (cols[None, :] <= offs_m[:, None] + diag)
             p = tl.where(valid, p, 0.0)
-            dp = _dot(do, tl.trans(v), FP32_DOT)
+            dp = dot(do, tl.trans(v), FP32_DOT)
             ds = p * (dp - delta[:, None])
-            dq += _dot(ds.to(k.dtype), k, FP32_DOT)
+            dq += dot(ds.to(k.dtype), k, FP32_DOT)
 
         dq = dq * sm_scale
         tl.store(DQ + (q_start + offs_m)[:, None] * stride_dqt + head * stride_dqn + offs_d[None, :],

@@ -28,7 +28,7 @@ def block_sizes(headdim: int) -> tuple[int, int, int]:
 
 
 @triton.jit
-def _dot(a, b, FP32_DOT: tl.constexpr):
+def dot(a, b, FP32_DOT: tl.constexpr):
     """tl.dot with fp32 accumulation; FP32_DOT multiplies in exact fp32 instead.
 
     FP32_DOT is set for fp32 inputs (GPU default would be tf32, 10-bit mantissa) and for
@@ -48,7 +48,7 @@ def use_fp32_dot(kernel, dtype: torch.dtype) -> bool:
 
 
 @triton.jit
-def _fwd_kernel(
+def fwd_kernel(
     Q, K, V, O, LSE,
     CU_Q, CU_K,
     sm_scale,
@@ -97,7 +97,7 @@ def _fwd_kernel(
             k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
             v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
 
-            s = _dot(q, tl.trans(k), FP32_DOT) * qk_scale
+            s = dot(q, tl.trans(k), FP32_DOT) * qk_scale
             valid = mask_n[None, :]
             if CAUSAL:
                 valid = valid & (cols[None, :] <= offs_m[:, None] + diag)
@@ -110,7 +110,7 @@ def _fwd_kernel(
             p = tl.exp2(s - m_safe[:, None])
             alpha = tl.exp2(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, FP32_DOT)
+            acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, FP32_DOT)
             m_i = m_new
 
         # Rows that saw no key (empty k segment, or causal rows above the diagonal) output
@@ -146,7 +146,7 @@ def varlen_fwd(
         return out_TNH, lse_NT
     block_m, block_n, block_d = block_sizes(headdim)
     grid = (triton.cdiv(max_seqlen_q, block_m), num_seg, nheads)
-    _fwd_kernel[grid](
+    fwd_kernel[grid](
         q_TNH, k_TNH, v_TNH, out_TNH, lse_NT,
         cu_seqlens_q, cu_seqlens_k,
         softmax_scale,
@@ -154,7 +154,7 @@ def varlen_fwd(
         v_TNH.stride(0), v_TNH.stride(1), out_TNH.stride(0), out_TNH.stride(1),
         lse_NT.stride(0),
         headdim, nheads // nheads_k,
-        CAUSAL=causal, FP32_DOT=use_fp32_dot(_fwd_kernel, q_TNH.dtype),
+        CAUSAL=causal, FP32_DOT=use_fp32_dot(fwd_kernel, q_TNH.dtype),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
     )
     return out_TNH, lse_NT

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class _Streaming(nn.Module):
+class Streaming(nn.Module):
     """A block that may carry state across calls when `stream` is on."""
 
     def __init__(self) -> None:
@@ -32,7 +32,7 @@ class _Streaming(nn.Module):
         self.stream, self.cache = on, None
 
 
-class CausalConv3d(_Streaming):
+class CausalConv3d(Streaming):
     """Conv3d (kt, k, k), stride 1: pad kt-1 frames on the past only (first frame repeated).
 
     Fast path: the kt shifted copies of the input are stacked on channels and run as one
@@ -74,7 +74,8 @@ class FrameNorm(nn.GroupNorm):
         return y.view(b, t, c, h, w).transpose(1, 2)
 
 
-def _groups(c: int) -> int:
+def norm_groups(c: int) -> int:
+    """GroupNorm groups for c channels: the largest of 8, 4, 2, 1 that divides c."""
     return next(g for g in (8, 4, 2, 1) if c % g == 0)
 
 
@@ -83,8 +84,8 @@ class ResBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
-        self.norm1, self.conv1 = FrameNorm(_groups(cin), cin), CausalConv3d(cin, cout)
-        self.norm2, self.conv2 = FrameNorm(_groups(cout), cout), CausalConv3d(cout, cout)
+        self.norm1, self.conv1 = FrameNorm(norm_groups(cin), cin), CausalConv3d(cin, cout)
+        self.norm2, self.conv2 = FrameNorm(norm_groups(cout), cout), CausalConv3d(cout, cout)
         self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -93,7 +94,7 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
-class Downsample(_Streaming):
+class Downsample(Streaming):
     """x2 in space (stride-2 3x3 conv per frame) and optionally x2 in time.
 
     Time: a causal conv, then keep frames 0, 2, 4, ... of the whole video, so latent frame j
@@ -128,7 +129,7 @@ class Downsample(_Streaming):
         return x
 
 
-class Upsample(_Streaming):
+class Upsample(Streaming):
     """x2 in space (nearest + 3x3 conv) and optionally x2 in time (depth-to-time).
 
     Time: a causal conv makes 2C channels per frame, read as 2 frames; latent frame 0

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .blocks import CausalConv3d, Downsample, FrameNorm, ResBlock, Upsample, _groups, _Streaming
+from .blocks import CausalConv3d, Downsample, FrameNorm, ResBlock, Upsample, norm_groups, Streaming
 
 __all__ = ["VAEConfig", "CausalVAE", "VAEOutput"]
 
@@ -117,7 +117,7 @@ class CausalVAE(nn.Module):
             enc.append(Downsample(w[i], time=time_at[i], shortcut=c.shortcuts))
         enc.append(ResBlock(w[-1], w[-1]))  # mid block at the latent resolution
         self.encoder = nn.Sequential(*enc)
-        self.enc_norm = FrameNorm(_groups(w[-1]), w[-1])
+        self.enc_norm = FrameNorm(norm_groups(w[-1]), w[-1])
         self.enc_out = CausalConv3d(w[-1], 2 * c.latent_channels)  # mean and log-variance
         # ---------------------------------------------------------------- decoder
         self.dec_in = CausalConv3d(c.latent_channels, w[-1])
@@ -128,7 +128,7 @@ class CausalVAE(nn.Module):
             if i and w[i] != w[i - 1]:
                 dec.append(ResBlock(w[i], w[i - 1]))
         self.decoder = nn.Sequential(*dec)
-        self.dec_norm = FrameNorm(_groups(w[0]), w[0])
+        self.dec_norm = FrameNorm(norm_groups(w[0]), w[0])
         self.dec_out = CausalConv3d(w[0], c.channels)
         # shortcuts: a linear read-out of the un-normalised features beside dec_out, whose
         # per-frame norm would otherwise hide each frame's mean colour and contrast
@@ -212,7 +212,7 @@ class _streaming:
     """Turn every block's time cache on for one chunked call, and off (cleared) after."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.blocks = [m for m in model.modules() if isinstance(m, _Streaming)]
+        self.blocks = [m for m in model.modules() if isinstance(m, Streaming)]
 
     def __enter__(self) -> None:
         for m in self.blocks:

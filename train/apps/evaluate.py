@@ -43,6 +43,8 @@ from patchpack.train.data.synth import (
     PHOTO_NAMES,
     SHAPES,
     SPEEDS,
+    digit_mask,
+    shape_mask,
 )
 
 ATTRIBUTES = ("kind", "object", "colour", "background", "direction", "speed", "motion")
@@ -204,22 +206,10 @@ def _resample(mask_hw: np.ndarray) -> np.ndarray:
 
 @cache
 def _templates() -> dict[str | int, tuple[np.ndarray, float]]:
-    """name -> (16x16 area-fraction mask of its box, log(h/w) of its box), drawn as synth draws them."""
-    from PIL import Image
-    from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
-
+    """name -> (16x16 area-fraction mask of its box, log(h/w) of its box), drawn by synth's own masks."""
     n = 96
-    yy, xx = np.mgrid[0:n, 0:n] + 0.5
-    masks: dict[str | int, np.ndarray] = {
-        "circle": (yy - n / 2) ** 2 + (xx - n / 2) ** 2 <= (n / 2) ** 2,
-        "square": np.ones((n, n), bool),
-        "triangle": (yy >= 0) & (np.abs(xx - n / 2) <= yy / 2),
-    }
-    d = load_digits()
-    for k in range(10):  # synth's choice: the first image of each class, bilinear, >= 96
-        img = d.images[int(np.flatnonzero(d.target == k)[0])]
-        up = Image.fromarray((img * 255 / 16).astype(np.uint8)).resize((n, n), Image.BILINEAR)
-        masks[k] = np.asarray(up) >= 96
+    masks: dict[str | int, np.ndarray] = {s: shape_mask(s, n) for s in SHAPES}
+    masks.update({k: digit_mask(k, n) for k in range(10)})
     out = {}
     for name, m in masks.items():
         box = _unwrap_crop(m)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from dataclasses import replace
 
 import torch
@@ -27,7 +28,8 @@ from patchpack.model.vae.fit import fit_to_vae
 
 from .config import DataConfig
 from .media_decode import DecodeError
-from .packed_stream import _read_shard, _Stream, expand_shards
+from .reader import expand_shards, read_shard
+from .records import RecordDecoder
 from .shards import ShardWriter, print_summary
 from .skips import SkipCounter
 
@@ -62,15 +64,15 @@ def encode_latent_shards(src_shards: str | list[str], vae_ckpt: str | os.PathLik
     urls = expand_shards(src_shards)
     base = data if data is not None else DataConfig()
     dcfg = replace(base, shards=urls, epochs=1, shuffle_shards=False, shuffle_buffer=0, clip_start="first")
-    decoder = _Stream(dcfg, None, urls, rank=0, world_size=1, worker=0, num_workers=1)  # the stream's decode
+    decoder = RecordDecoder(dcfg, random.Random(0))  # the stream's decode; the rng picks captions only
     skips = SkipCounter()
     vcfg = vae.config
     with ShardWriter(out_dir, max_count=shard_size) as writer:
         for url in tqdm(urls, desc="encode-latents", unit="shard", disable=not progress):
-            for rec in _read_shard(url, dcfg.allow_pipe):
+            for rec in read_shard(url, dcfg.allow_pipe):
                 key = str(rec.get("__key__", ""))
                 try:
-                    video, meta = decoder._decode(rec, key)
+                    video, meta = decoder.decode(rec)
                     info = json.loads(rec["json"])
                     if "latent" in meta:
                         raise DecodeError("already_latent", "the source is a latent shard")

@@ -5,15 +5,13 @@
       --> caption pick + decode at native size (PyAV / PIL) --> float [C, T, H, W] in [-1, 1]
       --> packer.prepare_sample (budget, patchify, drop) --> packer.StreamPacker --> PackedBatch
 
-Tar reading and URL opening are webdataset's (`tar_file_iterator`, `group_by_keys`,
-`gopen`, brace expansion); the order of shards and samples is ours, because
-`webdataset.WebDataset` cannot save and restore its position.
+Shard lists and tar reading live in reader.py, the decoding of one record in records.py.
 
 The shuffle buffer sits before decoding (webdataset's usual `.shuffle().decode()`
 order): the sample order is the same as shuffling decoded videos, but the buffer
 holds compressed bytes, so it is cheap to keep and to checkpoint.
 
-Latent shards (train/latents.py) hold `<key>.latent.safetensors` instead of media: the
+Latent shards (latent_shards.py) hold `<key>.latent.safetensors` instead of media: the
 "decode" step then loads the VAE latent [C', T', H', W'] and the packer patchifies it
 exactly as it would pixels (it never knows the difference). `VideoStream` is the same
 reading and decoding without the packer, one video at a time (VAE training, encoding).
@@ -24,8 +22,8 @@ the counts, including the packer's drops as "packer:<reason>".
 Resume. With num_workers=0, `state_dict()` taken between batches holds the epoch,
 the shard cursor and the samples read from the current shard, the shuffle buffer's
 bytes, every RNG state and the StreamPacker state: a stream restored from it yields
-bitwise the same next batches. With DataLoader workers each batch carries its
-worker's light position (`batch.stream_info`), and `loader()` records it; a resume
+bitwise the same next batches. With DataLoader workers each batch comes back with its
+worker's light position (`_Stream.info()`), and `loader()` records it; a resume
 restarts every worker at its position with empty shuffle and packer buffers, and
 rotates worker ids so the round-robin order continues. Samples that sat in those
 buffers at save time are not seen again that epoch (at most shuffle_buffer + the
@@ -34,87 +32,20 @@ packer's buffer per worker); everything else is read exactly once.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import copy
 import os
 import random
 import tarfile
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .config import DataConfig
-from .media_decode import (
-    IMAGE_EXTS,
-    LATENT_EXT,
-    VIDEO_EXTS,
-    DecodeError,
-    decode_image,
-    decode_latent,
-    decode_video,
-    to_video_CTHW,
-)
+from .media_decode import DecodeError
+from .reader import derive_seed, expand_shards, read_shard, split_shards
+from .records import RecordDecoder, record_from_state, record_key, record_to_state
 from .skips import SkipCounter, merge_counts
-
-MEDIA_EXTS = VIDEO_EXTS + IMAGE_EXTS
-
-
-# --------------------------------------------------------------------------- shard lists
-
-
-def expand_shards(spec: str | list[str], *, allow_pipe: bool = False) -> list[str]:
-    """Paths, directories, brace patterns and file: URLs -> a sorted list of shard URLs."""
-    import braceexpand
-
-    specs = [spec] if isinstance(spec, str) else list(spec)
-    urls: list[str] = []
-    for s in specs:
-        for url in braceexpand.braceexpand(s):
-            if url.startswith("pipe:") and not allow_pipe:
-                raise ValueError(f"shard {url!r} is a pipe: URL, which runs a shell command; "
-                                 "set allow_pipe=True in DataConfig if you mean it")
-            path = Path(url[5:] if url.startswith("file:") else url)
-            if "://" not in url and not url.startswith("pipe:") and path.is_dir():
-                urls.extend(str(p) for p in sorted(path.glob("*.tar")))
-            else:
-                urls.append(url)
-    if not urls:
-        raise ValueError(f"no shards found for {spec!r}")
-    return urls
-
-
-def split_shards(urls: list[str], *, epoch: int, seed: int, shuffle: bool, rank: int, world_size: int,
-                 worker: int, num_workers: int) -> list[str]:
-    """This (rank, worker)'s shards for one epoch: the order is shuffled identically on all
-    ranks, then dealt out by node, then by worker, so each shard is read once per epoch."""
-    order = list(urls)
-    if shuffle:
-        random.Random(_seed(seed, "shards", epoch)).shuffle(order)
-    return order[rank::world_size][worker::num_workers]
-
-
-def _seed(*parts: object) -> int:
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
-
-
-def _open(url: str, allow_pipe: bool):
-    from webdataset.gopen import gopen, rewrite_url
-
-    if rewrite_url(url).startswith("pipe:") and not allow_pipe:  # GOPEN_REWRITE can make one
-        raise ValueError(f"shard {url!r} resolves to a pipe: URL; set allow_pipe=True to run it")
-    return gopen(url, "rb")
-
-
-def _read_shard(url: str, allow_pipe: bool) -> Iterator[dict]:
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
-
-    with _open(url, allow_pipe) as stream:
-        files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
-        yield from group_by_keys(files)
-
 
 # --------------------------------------------------------------------------- one worker's stream
 
@@ -132,11 +63,12 @@ class _Stream:
         pos = dict(position or {"epoch": 0, "cursor": 0, "offset": 0})
         self.epoch, self.cursor, self.offset = int(pos["epoch"]), int(pos["cursor"]), int(pos["offset"])
         base = (data.seed, rank, worker, self.epoch, self.cursor, self.offset)
-        self.shuffle_rng = random.Random(_seed(*base, "buffer"))
-        self.sample_rng = random.Random(_seed(*base, "sample"))  # caption pick, clip start
-        self.gen = torch.Generator().manual_seed(_seed(*base, "packer") % 2**63)
+        self.shuffle_rng = random.Random(derive_seed(*base, "buffer"))
+        self.sample_rng = random.Random(derive_seed(*base, "sample"))  # caption pick, clip start
+        self.decoder = RecordDecoder(data, self.sample_rng)
+        self.gen = torch.Generator().manual_seed(derive_seed(*base, "packer") % 2**63)
         # no packer_cfg: a VideoStream, which yields decoded videos and never packs
-        self.packer = StreamPacker(packer_cfg, seed=_seed(*base, "pack") % 2**31) if packer_cfg is not None else None
+        self.packer = StreamPacker(packer_cfg, seed=derive_seed(*base, "pack") % 2**31) if packer_cfg is not None else None
         self.buffer: list[dict] = []
         self.skips = SkipCounter(skips)
         self.batches = 0
@@ -153,7 +85,7 @@ class _Stream:
             while self.cursor < len(mine):
                 url, skip = mine[self.cursor], self.offset
                 try:
-                    for i, rec in enumerate(_read_shard(url, d.allow_pipe)):
+                    for i, rec in enumerate(read_shard(url, d.allow_pipe)):
                         if i < skip:
                             continue  # resuming inside this shard: read, not decoded
                         self.offset += 1
@@ -188,9 +120,9 @@ class _Stream:
         from patchpack.packer import SampleError, prepare_sample
 
         for rec in self._shuffled():
-            key = f"{Path(str(rec.get('__url__', ''))).stem}/{rec.get('__key__', '')}"
+            key = record_key(rec)
             try:
-                video_CTHW, meta = self._decode(rec, key)
+                video_CTHW, meta = self.decoder.decode(rec)
                 yield prepare_sample(video_CTHW, config=self.packer_cfg, generator=self.gen, key=key, meta=meta)
             except (DecodeError, SampleError) as e:
                 self.skips.add(e.reason, str(e), key=key)
@@ -198,62 +130,24 @@ class _Stream:
     def videos(self) -> Iterator[tuple[str, torch.Tensor, dict]]:
         """(key, float [C, T, H, W], meta) per readable sample, skips counted as in _samples."""
         for rec in self._shuffled():
-            key = f"{Path(str(rec.get('__url__', ''))).stem}/{rec.get('__key__', '')}"
+            key = record_key(rec)
             try:
-                video_CTHW, meta = self._decode(rec, key)
+                video_CTHW, meta = self.decoder.decode(rec)
             except DecodeError as e:
                 self.skips.add(e.reason, str(e), key=key)
                 continue
             yield key, video_CTHW, meta
 
-    def _decode(self, rec: dict, key: str) -> tuple[torch.Tensor, dict]:
-        d = self.data
-        if "json" not in rec:
-            raise DecodeError("no_json", "sample has no .json member")
-        try:
-            info = json.loads(rec["json"])
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DecodeError("bad_json", str(e)) from None
-        if not isinstance(info, dict) or "caption" not in info:
-            raise DecodeError("no_caption", "json has no 'caption'")
-        caps = info["caption"]
-        caps = [caps] if isinstance(caps, str) else caps if isinstance(caps, list) else []
-        caps = [c for c in caps if isinstance(c, str) and c.strip()]
-        if not caps:
-            raise DecodeError("empty_caption", f"caption {info['caption']!r}")
-        caption = caps[self.sample_rng.randrange(len(caps))] if len(caps) > 1 else caps[0]
-        if LATENT_EXT in rec:  # a latent shard: the VAE already decoded, sized and encoded it
-            latent = decode_latent(rec[LATENT_EXT])
-            src = info.get("latent") if isinstance(info.get("latent"), dict) else {}
-            meta = {"caption": caption, "fps": float(src.get("fps", 0.0)), "frames": int(src.get("frames", 0)),
-                    "height": int(src.get("height", 0)), "width": int(src.get("width", 0)),
-                    "latent": list(latent.shape[1:])}
-            if "attrs" in info:
-                meta["attrs"] = info["attrs"]
-            return latent, meta
-        ext = next((e for e in MEDIA_EXTS if e in rec), None)
-        if ext is None:
-            raise DecodeError("no_media", f"members {sorted(k for k in rec if not k.startswith('__'))}")
-        if ext in VIDEO_EXTS:
-            dec = decode_video(rec[ext], fps=d.fps, stride=d.stride, max_seconds=d.max_seconds,
-                               max_frames=d.max_frames, max_pixels=d.max_pixels,
-                               max_source_frames=d.max_source_frames,
-                               rng=self.sample_rng if d.clip_start == "random" else None)
-        else:
-            dec = decode_image(rec[ext], max_pixels=d.max_pixels)
-        t, h, w = dec.frames_THWC.shape[:3]
-        meta = {"caption": caption, "fps": dec.fps, "frames": t, "height": h, "width": w}
-        if "attrs" in info:
-            meta["attrs"] = info["attrs"]
-        return to_video_CTHW(dec.frames_THWC), meta
-
     def __iter__(self):
         # a finite stream closes the packer's open rows at the end; an endless one never ends
         for batch in self.packer.pack(self._samples(), flush=self.data.epochs is not None):
             self.batches += 1
-            batch.stream_info = {"rank": self.rank, "worker": self.worker, "batches": self.batches,
-                                 "position": self.position(), "skips": self.skip_counts()}
             yield batch
+
+    def info(self) -> dict:
+        """Where this worker stands after its latest batch (what a worker resume needs)."""
+        return {"rank": self.rank, "worker": self.worker, "batches": self.batches,
+                "position": self.position(), "skips": self.skip_counts()}
 
     # -- bookkeeping
 
@@ -267,7 +161,7 @@ class _Stream:
     def state_dict(self) -> dict:
         return {
             "position": self.position(),
-            "buffer": [_record_to_state(r) for r in self.buffer],
+            "buffer": [record_to_state(r) for r in self.buffer],
             "shuffle_rng": self.shuffle_rng.getstate(),
             "sample_rng": self.sample_rng.getstate(),
             "generator": self.gen.get_state(),
@@ -278,7 +172,7 @@ class _Stream:
 
     def load_state_dict(self, sd: Mapping) -> None:
         self.epoch, self.cursor, self.offset = (int(sd["position"][k]) for k in ("epoch", "cursor", "offset"))
-        self.buffer = [_record_from_state(r) for r in sd["buffer"]]
+        self.buffer = [record_from_state(r) for r in sd["buffer"]]
         self.shuffle_rng.setstate(_rng_state(sd["shuffle_rng"]))
         self.sample_rng.setstate(_rng_state(sd["sample_rng"]))
         self.gen.set_state(sd["generator"])
@@ -297,20 +191,6 @@ def _rng_state(s) -> tuple:
     return int(version), tuple(int(x) for x in internal), gauss
 
 
-def _record_to_state(rec: dict) -> dict:
-    out = {"key": str(rec.get("__key__", "")), "url": str(rec.get("__url__", "")), "members": {}}
-    for k, v in rec.items():
-        if not k.startswith("__"):
-            out["members"][k] = torch.from_numpy(np.frombuffer(bytes(v), np.uint8).copy())
-    return out
-
-
-def _record_from_state(s: Mapping) -> dict:
-    rec = {"__key__": s["key"], "__url__": s["url"]}
-    rec.update({k: bytes(v.numpy().tobytes()) for k, v in s["members"].items()})
-    return rec
-
-
 # --------------------------------------------------------------------------- the dataset
 
 
@@ -323,9 +203,7 @@ class PackedStream(IterableDataset):
 
     rank/world_size default to torch.distributed's (or 0/1); worker/num_workers to the
     DataLoader worker's (or 0/1). Passing them explicitly simulates a split in tests.
-    Each batch has `meta[i]["caption"]` (one caption picked per read, seeded) and a
-    `stream_info` attribute: {"rank", "worker", "batches", "position", "skips"}, the
-    skips being that worker's running totals.
+    Each batch has `meta[i]["caption"]` (one caption picked per read, seeded).
     """
 
     def __init__(self, data: DataConfig, packer, *, rank: int | None = None, world_size: int | None = None,
@@ -341,9 +219,10 @@ class PackedStream(IterableDataset):
         self._worker_override = (worker, num_workers)
         self._live: _Stream | None = None
         self._pending: dict | None = None
-        self._observed: dict[int, dict] = {}  # worker -> last stream_info seen by loader()
+        self._observed: dict[int, dict] = {}  # worker -> its info() after the last batch loader() saw
         self._observed_batches = 0
         self._loader_workers = 0
+        self._with_info = False  # set on the copy loader() hands to DataLoader workers
 
     def _worker(self) -> tuple[int, int]:
         w, n = self._worker_override
@@ -376,25 +255,33 @@ class PackedStream(IterableDataset):
             stream.load_state_dict(exact)
         if get_worker_info() is None:
             self._live = stream
+        if self._with_info:  # a worker's batch travels with its position, back to loader()
+            return ((batch, stream.info()) for batch in stream)
         return iter(stream)
 
-    def loader(self, *, num_workers: int = 0, **dataloader_kwargs) -> Iterator:
+    def loader(self, *, num_workers: int = 0, with_info: bool = False, **dataloader_kwargs) -> Iterator:
         """Iterate batches, in-process (num_workers=0) or from DataLoader workers, keeping the
-        bookkeeping `skips` and `state_dict` need."""
+        bookkeeping `skips` and `state_dict` need.
+
+        with_info: yield (batch, info) pairs, info being {"rank", "worker", "batches",
+        "position", "skips"} of the stream that made the batch, after it.
+        """
         if num_workers == 0:
-            yield from self
+            for batch in self:
+                yield (batch, self._live.info()) if with_info else batch
             return
         self._loader_workers = num_workers
         pending = self._pending if (self._pending or {}).get("mode") == "workers" else None
         self._observed_batches = int(pending["batches"]) if pending else 0
         self._observed = {int(k): {"position": v, "skips": pending["skips"].get(k, {})}
                           for k, v in pending["workers"].items()} if pending else {}
-        dl = DataLoader(self, batch_size=None, num_workers=num_workers, collate_fn=_identity, **dataloader_kwargs)
-        for batch in dl:
-            info = batch.stream_info
+        shipped = copy.copy(self)
+        shipped._with_info = True
+        dl = DataLoader(shipped, batch_size=None, num_workers=num_workers, collate_fn=_identity, **dataloader_kwargs)
+        for batch, info in dl:
             self._observed[int(info["worker"])] = info
             self._observed_batches += 1
-            yield batch
+            yield (batch, info) if with_info else batch
 
     @property
     def skips(self) -> dict[str, int]:

@@ -91,9 +91,9 @@ def make_sample(rng: random.Random, *, photo_fraction: float = 0.35, min_side: i
     h, w = _size(ASPECTS[aspect_name], rng.randrange(min_side, max_side + 1), min_side)
     base = {"frames": frames, "height": h, "width": w, "aspect": aspect_name, "fps": FPS if frames > 1 else 0}
     if rng.random() < photo_fraction:
-        video, caption, attrs = _photo(rng, frames, h, w)
+        video, caption, attrs = photo_clip(rng, frames, h, w)
     else:
-        video, caption, attrs = _shape(rng, frames, h, w)
+        video, caption, attrs = shape_clip(rng, frames, h, w)
     return video, caption, base | attrs
 
 
@@ -106,12 +106,13 @@ def _size(aspect: float, long_side: int, min_side: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------- shapes and digits
 
 
-def _shape(rng: random.Random, frames: int, h: int, w: int) -> tuple[np.ndarray, str, dict]:
+def shape_clip(rng: random.Random, frames: int, h: int, w: int) -> tuple[np.ndarray, str, dict]:
+    """A coloured shape or digit moving on a plain background: (uint8 [T, H, W, 3], caption, attrs)."""
     colour, bg = rng.choice(list(COLOURS)), rng.choice(list(BACKGROUNDS))
     digit = rng.random() < 0.3
     obj = rng.randrange(10) if digit else rng.choice(SHAPES)
     size = max(8, int(min(h, w) * rng.uniform(0.3, 0.45)))
-    mask = _digit_mask(obj, size) if digit else _shape_mask(obj, size)
+    mask = digit_mask(obj, size) if digit else shape_mask(obj, size)
     canvas = np.empty((h, w, 3), np.uint8)
     canvas[:] = BACKGROUNDS[bg]
     y0, x0 = rng.randrange(h - size + 1), rng.randrange(w - size + 1)
@@ -138,7 +139,8 @@ def shape_caption(obj: str | int, colour: str, background: str, *, direction: st
     return f"{name} in {colour} moving {direction} {'slowly' if speed == 'slow' else 'fast'} on a {background} background"
 
 
-def _shape_mask(shape: str, n: int) -> np.ndarray:
+def shape_mask(shape: str, n: int) -> np.ndarray:
+    """bool [n, n]: a circle, square or triangle (apex up) filling the box, as synth draws it."""
     yy, xx = np.mgrid[0:n, 0:n] + 0.5
     if shape == "circle":
         return (yy - n / 2) ** 2 + (xx - n / 2) ** 2 <= (n / 2) ** 2
@@ -147,7 +149,8 @@ def _shape_mask(shape: str, n: int) -> np.ndarray:
     return (yy >= 0) & (np.abs(xx - n / 2) <= yy / 2)  # apex up, base at the bottom
 
 
-def _digit_mask(digit: int, n: int) -> np.ndarray:
+def digit_mask(digit: int, n: int) -> np.ndarray:
+    """bool [n, n]: the first sklearn 8x8 image of `digit`, bilinear to n x n, thresholded."""
     from PIL import Image
 
     img = _digit_images()[digit]  # 8x8 in [0, 16]
@@ -174,7 +177,8 @@ def _photo_array(name: str) -> np.ndarray:
     return img[..., :3] if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
 
 
-def _photo(rng: random.Random, frames: int, h: int, w: int) -> tuple[np.ndarray, str, dict]:
+def photo_clip(rng: random.Random, frames: int, h: int, w: int) -> tuple[np.ndarray, str, dict]:
+    """A camera pan or zoom over a bundled photo: (uint8 [T, H, W, 3], caption, attrs)."""
     from PIL import Image
 
     name = rng.choice(PHOTOS)

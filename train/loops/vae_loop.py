@@ -70,7 +70,7 @@ def synth_eval_videos(sizes: Sequence[Sequence[int]], *, per_size: int, seed: in
     out = []
     for t, h, w in sizes:
         for i in range(per_size):
-            make = synth._photo if i % 2 else synth._shape  # the generators behind make_sample
+            make = synth.photo_clip if i % 2 else synth.shape_clip
             frames_THWC, _, _ = make(rng, int(t), int(h), int(w))
             out.append(to_video_CTHW(np.ascontiguousarray(frames_THWC)))
     return out

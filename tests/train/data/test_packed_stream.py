@@ -73,10 +73,11 @@ def test_dataloader_workers_cover_every_sample_and_merge_skips(tmp_path):
     with ShardWriter(tmp_path / "more", max_count=1, pattern="bad-{:02d}.tar") as w:
         w.write("broken", {"png": b"garbage", "json": b'{"caption": "x"}'})
     ds = _stream([tmp_path, tmp_path / "more"])
-    batches = list(ds.loader(num_workers=2))
+    pairs = list(ds.loader(num_workers=2, with_info=True))
+    batches = [b for b, _ in pairs]
     assert Counter(_keys(batches)) == Counter(keys)
     assert ds.skips == {"corrupt_image": 1}  # counted in a worker, merged in the main process
-    assert {b.stream_info["worker"] for b in batches} == {0, 1}
+    assert {info["worker"] for _, info in pairs} == {0, 1}
     assert ds.state_dict()["mode"] == "workers"
 
 
@@ -171,8 +172,9 @@ def test_resume_with_workers_reads_nothing_twice(tmp_path):
     assert state["mode"] == "workers" and state["batches"] == 3
     resumed = _stream(tmp_path, shuffle_buffer=2, packer=small)
     resumed.load_state_dict(state)
-    rest = list(resumed.loader(num_workers=2))
-    assert rest[0].stream_info["worker"] == 1  # the round robin goes on where it stopped
+    pairs = list(resumed.loader(num_workers=2, with_info=True))
+    rest = [b for b, _ in pairs]
+    assert pairs[0][1]["worker"] == 1  # the round robin goes on where it stopped
     seen = Counter(_keys(head) + _keys(rest))
     assert max(seen.values()) == 1 and set(seen) <= set(keys)
     # the resumed workers go on reading; what sat in a worker's shuffle buffer or packer
