@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_varlen_fwd import dot, block_sizes, use_fp32_dot
+from .triton_varlen_fwd import block_sizes, dot, use_fp32_dot
 
 
 @triton.jit

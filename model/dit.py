@@ -27,34 +27,16 @@ import torch
 from torch import Tensor, nn
 
 from patchpack.kernels import varlen_attention
-from patchpack.packer import PackedBatch
+from patchpack.packer import PackedBatch, per_token, segment_mean
 
 from .config import DiTConfig
 from .rope import Rope3D, apply_rope
 
-__all__ = ["DiT", "DiTBlock", "per_token", "segment_mean"]
+__all__ = ["DiT", "DiTBlock"]
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
-
-
-def per_token(values_S: Tensor, segment_ids_N: Tensor, pad_value: float = 0.0) -> Tensor:
-    """Gather per-sample rows [S, ...] to tokens [N, ...]; padding (segment -1) gets pad_value.
-
-    The pad row is appended last, so index -1 picks it: one gather, no mask.
-    Cost: an [N, ...] copy (for adaLN that is 6*D per token per block).
-    """
-    pad = values_S.new_full((1, *values_S.shape[1:]), pad_value)
-    return torch.cat([values_S, pad])[segment_ids_N.long()]
-
-
-def segment_mean(tokens_U: Tensor, lengths_S: Tensor) -> Tensor:
-    """Mean of each sample's run of tokens [U, C] -> [S, C]; an empty run gives zeros."""
-    lengths_S = lengths_S.to(tokens_U.device, torch.int64)
-    owner_U = torch.repeat_interleave(torch.arange(lengths_S.numel(), device=tokens_U.device), lengths_S)
-    sums = tokens_U.new_zeros(lengths_S.numel(), tokens_U.shape[-1]).index_add_(0, owner_U, tokens_U)
-    return sums / lengths_S.clamp(min=1)[:, None].to(tokens_U.dtype)
 
 
 class AttnLayout(NamedTuple):
@@ -275,7 +257,7 @@ class DiT(nn.Module):
         self._check_inputs(batch, t_S, text_tokens, text_lengths)
         b, l = batch.shape
         seg = batch.segment_ids.reshape(-1)  # (N,)
-        grid = per_token(batch.grid.to(seg.device), seg, pad_value=1)  # (N, 3) each token's sample grid
+        grid = batch.per_token(batch.grid.to(seg.device), pad_value=1)  # (N, 3) each token's sample grid
         cos, sin = self.rope(batch.coords.reshape(-1, 3), grid)  # (N, 1, hd/2)
         cross_cu, cross_max = batch.cross_cu_seqlens(text_lengths)
         layout = AttnLayout(

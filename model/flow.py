@@ -32,15 +32,13 @@ set and does not. t is clamped at T_MIN in the division, as JiT does, so t -> 0 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from patchpack.packer import PackedBatch
-
-from .dit import per_token
 
 __all__ = [
     "FlowConfig",
@@ -141,15 +139,15 @@ def flow_loss(
     t_S = t_S.to(device, torch.float32)
     valid = batch.valid.to(device)  # (B, L)
     noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype) * valid[..., None]
-    t_tok = per_token(t_S, batch.segment_ids.reshape(-1)).reshape(*valid.shape, 1)  # (B, L, 1)
+    t_tok = batch.per_token(t_S).reshape(*valid.shape, 1)  # (B, L, 1)
     x_t = interpolate(x0, noise, t_tok.to(x0.dtype))  # (B, L, D); padding stays 0
-    out = model(replace(batch, tokens=x_t), t_S, text_tokens, text_lengths)  # (B, L, D)
+    out = model(batch.with_tokens(x_t), t_S, text_tokens, text_lengths)  # (B, L, D)
     v_pred = to_velocity(out, x_t, t_tok.to(x_t.dtype), prediction=_prediction(model))  # (B, L, D)
     err = (v_pred.float() - velocity_target(x0, noise).float()).pow(2).mean(-1)  # (B, L)
     err = torch.where(valid, err, torch.zeros_like(err))  # where, not *: padding can't leak NaN
     loss = err.sum() / valid.sum().clamp(min=1)
     with torch.no_grad():
-        loss_S = torch.stack([e.mean() for e in batch.split(err[..., None].detach())])
+        loss_S = batch.segment_mean(err.detach())
     return FlowLoss(loss, loss_S, t_S)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -122,16 +121,13 @@ def generate(
     try:
         text_tokens, text_lengths = text_encoder(prompts + [""])
         captions = list(text_tokens.to(device).split(text_lengths.tolist()))
-        batches = _plan_batches(entries, sizes, pgrids, captions, max_len=max_len, rows=rows, device=device)
+        batches = _plan_batches(entries, x, pgrids, captions, max_len=max_len, rows=rows, device=device)
         for k in range(steps):
             v_cond, v_uncond = [None] * r, [None] * r
             for batch, order, text, lengths in batches:
-                tokens = torch.cat([x[entries[e][0]] for e in order])  # valid tokens in batch order
-                b, l = batch.shape
-                flat = tokens.new_zeros(b * l, cfg.patch_dim)
-                flat[batch.valid.reshape(-1)] = tokens
+                tokens = batch.merge([x[entries[e][0]] for e in order])  # (B, L, D): same layout, new x
                 t_S = sched[[entries[e][0] for e in order], k].to(device)
-                v = model(replace(batch, tokens=flat.view(b, l, -1)), t_S, text, lengths)
+                v = model(batch.with_tokens(tokens), t_S, text, lengths)
                 for e, v_s in zip(order, batch.split(v)):
                     i, cap = entries[e]
                     v_s = to_velocity(v_s, x[i], sched[i, k].to(device), prediction=cfg.prediction, t_min=0.0)
@@ -153,10 +149,12 @@ def generate(
     return videos
 
 
-def _plan_batches(entries, sizes, pgrids, captions, *, max_len, rows, device):
-    """Pack all entries once: [(PackedBatch, entry order, text_tokens, text_lengths)] per forward."""
-    lengths = [sizes[i] for i, _ in entries]
-    plan = plan_packs(lengths, max_len, "bfd")
+def _plan_batches(entries, x, pgrids, captions, *, max_len, rows, device):
+    """Pack all entries once, each with its request's starting noise (cond and uncond share it):
+    [(PackedBatch, entry order, text_tokens, text_lengths)] per forward. Each step then
+    reuses the layout with the current tokens (`merge` + `with_tokens`)."""
+    samples = [PatchedSample(x[i].cpu(), grid_coords(pgrids[i]), pgrids[i]) for i, _ in entries]
+    plan = plan_packs([len(s) for s in samples], max_len, "bfd")
     per = len(plan) if rows is None else rows
     batches = []
     for start in range(0, len(plan), per):
@@ -164,11 +162,7 @@ def _plan_batches(entries, sizes, pgrids, captions, *, max_len, rows, device):
         order = [e for row in group for e in row]  # entries in batch sample order
         local = iter(range(len(order)))
         local_plan = [[next(local) for _ in row] for row in group]
-        samples = [  # 1-feature placeholders: pack gives the layout, tokens are set per step
-            PatchedSample(torch.zeros(lengths[e], 1), grid_coords(pgrids[entries[e][0]]), pgrids[entries[e][0]])
-            for e in order
-        ]
-        batch = pack(samples, local_plan, max_len, rows=rows).to(device)
+        batch = pack([samples[e] for e in order], local_plan, max_len, rows=rows).to(device)
         text = torch.cat([captions[entries[e][1]] for e in order])
         text_lengths = torch.tensor([captions[entries[e][1]].shape[0] for e in order], dtype=torch.int64)
         batches.append((batch, order, text, text_lengths))

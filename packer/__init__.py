@@ -3,7 +3,7 @@
 Everything here is pure data work on CPU tensors; it imports neither model/ nor train/.
 """
 
-from .batch import PackedBatch, PatchedSample, pack
+from .batch import PackedBatch, PatchedSample, pack, per_token, segment_mean
 from .budget import fit_budget, resize_video, sample_budget
 from .config import PackerConfig
 from .drop import drop_tokens, keep_tokens, resolve_drop_rate
@@ -28,12 +28,14 @@ __all__ = [
     "pack",
     "patch_grid",
     "patchify",
+    "per_token",
     "plan_packs",
     "plan_packs_fill",
     "prepare_sample",
     "resize_video",
     "resolve_drop_rate",
     "sample_budget",
+    "segment_mean",
     "split_time",
     "unpatchify",
 ]

@@ -25,7 +25,30 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-__all__ = ["PatchedSample", "PackedBatch", "pack"]
+__all__ = ["PatchedSample", "PackedBatch", "pack", "per_token", "segment_mean"]
+
+
+def per_token(values_S: Tensor, segment_ids_N: Tensor, pad_value: float = 0.0) -> Tensor:
+    """Gather per-sample rows [S, ...] to tokens [N, ...]; padding (segment -1) gets pad_value.
+
+    The pad row is appended last, so index -1 picks it: one gather, no mask.
+    Cost: an [N, ...] copy (for a DiT's adaLN that is 6*D per token per block).
+    """
+    pad = values_S.new_full((1, *values_S.shape[1:]), pad_value)
+    return torch.cat([values_S, pad])[segment_ids_N.long()]
+
+
+def segment_mean(values_U: Tensor, lengths_S: Tensor) -> Tensor:
+    """Mean of each run of a varlen layout: [U, ...] runs of lengths_S back to back -> [S, ...].
+
+    The layout of a batch's valid tokens (`num_tokens`) and of captions (`text_lengths`).
+    An empty run gives zeros. Cost: one index_add over U rows.
+    """
+    lengths_S = lengths_S.to(values_U.device, torch.int64)
+    owner_U = torch.repeat_interleave(torch.arange(lengths_S.numel(), device=values_U.device), lengths_S)
+    sums = values_U.new_zeros(lengths_S.numel(), *values_U.shape[1:]).index_add_(0, owner_U, values_U)
+    count = lengths_S.clamp(min=1).to(values_U.dtype).reshape(-1, *([1] * (values_U.ndim - 1)))
+    return sums / count
 
 
 @dataclass
@@ -104,6 +127,37 @@ class PackedBatch:
             raise ValueError(f"split expects [B, L, ...] = [{b}, {l}, ...], got {tuple(x.shape)}")
         flat = x.reshape(b * l, *x.shape[2:])[self.valid.reshape(-1).to(x.device)]
         return list(flat.split(self.num_tokens.tolist()))
+
+    def merge(self, parts: Sequence[Tensor]) -> Tensor:
+        """S tensors [N_s, ...] -> [B, L, ...] in this batch's layout, padding zeroed: the inverse of `split`."""
+        b, l = self.shape
+        if len(parts) != self.num_samples:
+            raise ValueError(f"merge needs one tensor per sample ({self.num_samples}), got {len(parts)}")
+        lengths = [int(p.shape[0]) for p in parts]
+        if lengths != self.num_tokens.tolist():
+            raise ValueError(f"merge: sample lengths {lengths[:8]} != the batch's num_tokens {self.num_tokens.tolist()[:8]}")
+        flat = torch.cat(list(parts))
+        out = flat.new_zeros(b * l, *flat.shape[1:])
+        out[self.valid.reshape(-1).to(flat.device)] = flat
+        return out.reshape(b, l, *flat.shape[1:])
+
+    def with_tokens(self, tokens: Tensor) -> PackedBatch:
+        """The same layout holding other tokens [B, L, D'] (noised, predicted, ...); D' may differ."""
+        if tuple(tokens.shape[:2]) != self.shape or tokens.ndim != 3:
+            raise ValueError(f"with_tokens expects [B, L, D] = [{self.shape[0]}, {self.shape[1]}, D], got {tuple(tokens.shape)}")
+        return replace(self, tokens=tokens)
+
+    def per_token(self, values_S: Tensor, pad_value: float = 0.0) -> Tensor:
+        """Per-sample values [S, ...] -> [B*L, ...] on the flattened tokens; padding gets pad_value."""
+        return per_token(values_S, self.segment_ids.reshape(-1), pad_value)
+
+    def segment_mean(self, x: Tensor) -> Tensor:
+        """[B, L, ...] -> [S, ...]: the mean of each sample's tokens (padding never counts)."""
+        b, l = self.shape
+        if tuple(x.shape[:2]) != (b, l):
+            raise ValueError(f"segment_mean expects [B, L, ...] = [{b}, {l}, ...], got {tuple(x.shape)}")
+        flat = x.reshape(b * l, *x.shape[2:])[self.valid.reshape(-1).to(x.device)]
+        return segment_mean(flat, self.num_tokens)
 
     def cross_cu_seqlens(self, kv_lengths: Sequence[int] | Tensor) -> tuple[Tensor, int]:
         """cu_seqlens for keys/values laid out one segment per sample (e.g. captions).

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from patchpack.packer import segment_mean
+
 __all__ = ["check_captions", "drop_captions", "empty_text", "pool_mean"]
 
 
@@ -68,9 +70,4 @@ def pool_mean(text_tokens: Tensor, text_lengths: Tensor) -> Tensor:
         )
     if bool((text_lengths <= 0).any()):
         raise ValueError(f"every caption needs >= 1 token, got lengths {text_lengths.tolist()}")
-    owner = torch.repeat_interleave(
-        torch.arange(len(text_lengths), device=text_tokens.device), text_lengths
-    )  # (total_tokens,) caption index of each token
-    sums = text_tokens.new_zeros(len(text_lengths), text_tokens.shape[1])
-    sums.index_add_(0, owner, text_tokens)
-    return sums / text_lengths.to(text_tokens.dtype).unsqueeze(1)
+    return segment_mean(text_tokens, text_lengths)

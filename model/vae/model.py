@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .blocks import CausalConv3d, Downsample, FrameNorm, ResBlock, Upsample, norm_groups, Streaming
+from .blocks import CausalConv3d, Downsample, FrameNorm, ResBlock, Streaming, Upsample, norm_groups
 
 __all__ = ["VAEConfig", "CausalVAE", "VAEOutput"]
 

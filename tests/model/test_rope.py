@@ -7,8 +7,7 @@ import torch
 from dit_testing import make_sample
 
 from patchpack.model import Rope3D, apply_rope, rope_axis_pairs
-from patchpack.model.dit import per_token
-from patchpack.packer import grid_coords, pack
+from patchpack.packer import grid_coords, pack, per_token
 
 
 def test_axis_split_is_documented_quarter_and_three_eighths():

@@ -93,7 +93,7 @@ def load_run(path: str | Path, *, weights: str = "ema", attn_backend: str | None
                     raise ValueError(f"{ckpt}: EMA entries the model does not have: {unexpected[:5]}")
     vae = None
     if cfg.vae is not None:
-        from patchpack.model.vae.checkpoint import load_vae
+        from patchpack.model.vae import load_vae
 
         vae = load_vae(cfg.vae)
     return LoadedRun(model.eval(), encoder.eval(), cfg, step, ckpt, weights, vae)

@@ -23,8 +23,7 @@ from dataclasses import replace
 import torch
 from safetensors.torch import save
 
-from patchpack.model.vae.checkpoint import load_vae
-from patchpack.model.vae.fit import fit_to_vae
+from patchpack.model.vae import fit_to_vae, load_vae
 
 from .config import DataConfig
 from .media_decode import DecodeError

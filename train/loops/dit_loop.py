@@ -37,7 +37,7 @@ from torch import nn
 from patchpack.model import DiT, dit_config, flow_loss
 from patchpack.model.flow import FlowConfig, sample_timesteps
 from patchpack.model.text import build_text_encoder, drop_captions
-from patchpack.model.vae.checkpoint import vae_config_of
+from patchpack.model.vae import vae_config_of
 from patchpack.train.data.packed_stream import PackedStream
 from patchpack.train.data.skips import merge_counts
 from patchpack.train.options import to_yaml

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from patchpack.model.vae.model import VAEConfig
+from patchpack.model.vae import VAEConfig
 from patchpack.train.data.config import DataConfig
 
 from .config import OptimOptions

@@ -26,10 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from patchpack.model.vae.checkpoint import save_vae
-from patchpack.model.vae.fit import fit_to_vae
-from patchpack.model.vae.loss import psnr, vae_loss
-from patchpack.model.vae.model import CausalVAE
+from patchpack.model.vae import CausalVAE, fit_to_vae, psnr, save_vae, vae_loss
 from patchpack.train.data.media_decode import to_video_CTHW
 from patchpack.train.data.packed_stream import VideoStream
 from patchpack.train.options import to_yaml

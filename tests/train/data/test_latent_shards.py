@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from patchpack.model.vae.checkpoint import save_vae
-from patchpack.model.vae.fit import fit_to_vae
-from patchpack.model.vae.model import CausalVAE, VAEConfig
+from patchpack.model.vae import CausalVAE, VAEConfig, fit_to_vae, save_vae
 from patchpack.packer import PackerConfig, patchify
 from patchpack.train.data.config import DataConfig
 from patchpack.train.data.latent_shards import encode_latent_shards

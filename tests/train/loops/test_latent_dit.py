@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from patchpack.model.vae.checkpoint import save_vae
-from patchpack.model.vae.model import CausalVAE, VAEConfig
+from patchpack.model.vae import CausalVAE, VAEConfig, save_vae
 from patchpack.train.apps.generate import load_run, model_grids, requests, sample
 from patchpack.train.data.config import DataConfig
 from patchpack.train.data.latent_shards import encode_latent_shards

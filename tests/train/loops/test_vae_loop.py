@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from patchpack.model.vae.checkpoint import load_vae
-from patchpack.model.vae.loss import psnr
+from patchpack.model.vae import load_vae, psnr
 from patchpack.train.loops.checkpoint import list_checkpoints
 from patchpack.train.loops.metrics import read_metrics
 from patchpack.train.loops.vae_config import VAETrainConfig
@@ -67,7 +66,7 @@ def test_config_errors(shards, tmp_path):
 
 
 def test_psnr_report_groups_by_size():
-    from patchpack.model.vae.model import CausalVAE, VAEConfig
+    from patchpack.model.vae import CausalVAE, VAEConfig
 
     torch.manual_seed(0)
     vae = CausalVAE(VAEConfig(temporal=4, widths=[8, 8])).eval()
@@ -84,7 +83,7 @@ def test_psnr_report_groups_by_size():
 def test_demo_config_builds_and_fits_its_eval_sizes():
     from pathlib import Path
 
-    from patchpack.model.vae.model import CausalVAE
+    from patchpack.model.vae import CausalVAE
 
     path = Path(__file__).resolve().parents[3] / "configs" / "vae_demo.yaml"
     cfg = load_config(VAETrainConfig, str(path), [])
