@@ -1,10 +1,12 @@
-"""patchpack.model: the packed DiT, 3D RoPE, rectified flow, sampler and checkpoints.
+"""patchpack.model: the packed DiT, 3D RoPE, rectified flow, sampler, checkpoints, and the
+text encoders (model/text) and video VAE (model/vae) it works with.
 
     from patchpack.model import DiT, dit_config, flow_loss, generate
     model = DiT(dit_config("tiny", text_dim=encoder.dim))
 """
 
 from .autoencoder import Autoencoder, IdentityAutoencoder
+from .build import Models, build_models
 from .checkpoint import load_dit, save_dit
 from .config import DiT_configs, DiTConfig, dit_config
 from .dit import DiT
@@ -30,8 +32,10 @@ __all__ = [
     "FlowConfig",
     "FlowLoss",
     "IdentityAutoencoder",
+    "Models",
     "Rope3D",
     "apply_rope",
+    "build_models",
     "check_grid",
     "dit_config",
     "flow_loss",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["PackerConfig", "POLICIES", "OVERSIZE"]
 
@@ -27,7 +28,10 @@ class PackerConfig:
     rows: int = 1  # B: rows per PackedBatch
     max_tokens_per_sample: int | None = None  # budget-resize target; None = max_len
     max_frames: int | None = None  # keep at most this many leading frames; None = all
-    drop_rate: DropRate = 0.0  # fraction of tokens dropped at random after patchify, in [0, 1)
+    # fraction of tokens dropped at random after patchify, in [0, 1): a DropRate (a float, (lo, hi),
+    # or a function of the grid). Typed Any so a YAML run config can hold it: OmegaConf has no
+    # callable type; __post_init__ checks the value.
+    drop_rate: Any = 0.0
     policy: str = "bfd"  # bin policy: "next_fit" (NaViT greedy baseline), "ffd", "bfd"
     buffer: int = 64  # open rows held by the stream packer; memory ~ buffer * max_len tokens
     oversize: str = "error"  # sample > max_len: "error" | "drop" (counted) | "split_time" | "downscale"
@@ -41,6 +45,10 @@ class PackerConfig:
 
     def __post_init__(self) -> None:
         self.patch = tuple(int(p) for p in self.patch)  # type: ignore[assignment]
+        if isinstance(self.drop_rate, list):  # (lo, hi) from YAML or JSON
+            self.drop_rate = tuple(self.drop_rate)
+        if isinstance(self.resolution_sampling, list):
+            self.resolution_sampling = tuple(self.resolution_sampling)
         if len(self.patch) != 3 or min(self.patch) < 1:
             raise ValueError(f"patch must be 3 ints >= 1 (pt, ph, pw), got {self.patch}")
         for name in ("max_len", "rows", "buffer", "min_tokens"):

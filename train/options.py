@@ -48,6 +48,8 @@ def load_config(schema: type[T], yaml_path: str | Path | None = None, overrides:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise ConfigError(_one_line(e)) from None
+    except (ValueError, TypeError) as e:  # a component's own check (__post_init__) refused a value
+        raise ConfigError(f"{type(e).__name__}: {e}" if isinstance(e, TypeError) else str(e)) from None
 
 
 def to_yaml(cfg: Any) -> str:

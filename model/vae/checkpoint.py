@@ -1,10 +1,8 @@
 """VAE checkpoints without pickle: safetensors weights + the VAEConfig as JSON.
 
-`load_vae` reads either
-    an exported VAE      model.safetensors + vae.json (VAEConfig fields), written by `save_vae`;
-    a training checkpoint  model.safetensors + state.json whose state holds "vae_config"
-                         (train/vae_trainer.py writes those through train/checkpoint.py).
-Both are safetensors + JSON only, so loading never executes code from the files.
+A VAE directory holds model.safetensors + vae.json (VAEConfig fields): `save_vae` writes
+one, and so does every checkpoint of `patchpack train-vae`, beside its training state.
+Safetensors + JSON only, so loading never executes code from the files.
 """
 
 from __future__ import annotations
@@ -36,16 +34,12 @@ def save_vae(vae: CausalVAE, directory: str | os.PathLike) -> Path:
 
 
 def vae_config_of(directory: str | os.PathLike) -> VAEConfig:
-    """The VAEConfig stored in an exported VAE or a VAE training checkpoint."""
+    """The VAEConfig stored in a VAE directory (an export or a training checkpoint)."""
     d = Path(directory)
-    if (d / VAE_CONFIG_NAME).is_file():
-        return VAEConfig.from_dict(json.loads((d / VAE_CONFIG_NAME).read_text()))
-    if (d / "state.json").is_file():
-        state = json.loads((d / "state.json").read_text()).get("state", {})
-        if isinstance(state, dict) and isinstance(state.get("vae_config"), dict):
-            return VAEConfig.from_dict(state["vae_config"])
-        raise ValueError(f"{d} is a training checkpoint without a vae_config (a DiT checkpoint?)")
-    raise ValueError(f"{d} holds neither {VAE_CONFIG_NAME} nor state.json: not a VAE checkpoint")
+    if not (d / VAE_CONFIG_NAME).is_file():
+        raise ValueError(f"{d} has no {VAE_CONFIG_NAME}: not a VAE directory (an exported VAE or a "
+                         "train-vae checkpoint)")
+    return VAEConfig.from_dict(json.loads((d / VAE_CONFIG_NAME).read_text()))
 
 
 def load_vae(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> CausalVAE:

@@ -99,7 +99,7 @@ def run_demo(opts: DemoOptions) -> dict:
 
     # 2. train
     cfg = load_config(TrainConfig, opts.config, [f"run_dir={run_dir}", f"data.shards=[{data}]", *opts.overrides])
-    print(f"[2/4] train: {cfg.loop.steps} steps of the {cfg.model.preset} DiT into {run_dir} "
+    print(f"[2/4] train: {cfg.loop.steps} steps of the DiT (width {cfg.model.hidden}, depth {cfg.model.depth}) into {run_dir} "
           f"(resumes if interrupted)")
     t_train = time.perf_counter()
     summary = train(cfg)

@@ -5,8 +5,9 @@
     videos = sample(run, reqs, steps=30, cfg_scale=4.0, seed=0)   # one packed pass per Euler step
     write_outputs("out/", reqs, videos, fps=run.fps)  # mp4/gif/png, contact sheet, gallery, manifest
 
-A checkpoint stores the resolved training config, so loading rebuilds the exact DiT and
-text encoder (train/trainer.py `build_models`) and needs nothing else. Sizes are in
+A checkpoint stores the resolved training config (train/loops/run_state.py), so loading
+rebuilds the exact DiT, text encoder and flow (patchpack.model.build_models) and needs
+nothing else. Sizes are in
 pixels; every request is checked against the model's patch before anything runs.
 """
 
@@ -14,15 +15,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from torch import nn
 
-from patchpack.model import DiT, check_grid, generate
-from patchpack.train.loops.checkpoint import latest_checkpoint, load_checkpoint
-from patchpack.train.loops.config import TrainConfig
+from patchpack.model import DiT, build_models, check_grid, generate
+from patchpack.train.loops import (
+    TRAINED_PARTS,
+    TrainConfig,
+    ema_part,
+    latest_checkpoint,
+    load_run_state,
+)
 from patchpack.train.options import load_config
 
 from .gallery import GalleryItem, contact_sheet, to_frames, write_gallery, write_video_files
@@ -65,38 +71,32 @@ def find_checkpoint(path: str | Path) -> Path:
 
 def load_run(path: str | Path, *, weights: str = "ema", attn_backend: str | None = None,
              rope_extrapolation: str | None = None) -> LoadedRun:
-    """Rebuild the DiT and text encoder of a training checkpoint, in eval mode on CPU.
+    """Rebuild the DiT, text encoder (and VAE) of a training checkpoint, in eval mode on CPU,
+    exactly as the run's stored config says: model, flow, patch, the grid it trained on.
 
     weights: "ema" (the averaged weights, what one samples from) or "raw" (the last step's).
     attn_backend, rope_extrapolation: DiT config fields to change at load time.
     """
-    from patchpack.train.loops.dit_loop import (
-        build_models,  # trainer pulls in the data stack; only needed here
-    )
-
     if weights not in WEIGHTS:
         raise ValueError(f"weights={weights!r}, expected one of {WEIGHTS}")
     ckpt = find_checkpoint(path)
-    step, model_state, state = load_checkpoint(ckpt)
-    cfg = load_config(TrainConfig, yaml_text=state["config"])
+    state = load_run_state(ckpt)
+    cfg = load_config(TrainConfig, yaml_text=state.config)
     changes = {k: v for k, v in (("attn_backend", attn_backend), ("rope_extrapolation", rope_extrapolation)) if v}
-    model, encoder = build_models(cfg, **changes)
-    model.load_state_dict(model_state)
-    if "text" in state:
-        encoder.load_state_dict(state["text"])
-    if weights == "ema":  # the EMA holds the floating-point entries of {"dit": ..., "text": ...}
-        for prefix, module in (("dit.", model), ("text.", encoder)):
-            shadow = {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
+    cfg = replace(cfg, model=replace(cfg.model, **changes))
+    models = build_models(cfg.model, text=cfg.text, vae=cfg.vae)
+    model, encoder = models.dit, models.text_encoder
+    model.load_state_dict(state.weights)
+    if state.text is not None:
+        encoder.load_state_dict(state.text)
+    if weights == "ema":  # the EMA holds the floating-point entries of every trained part
+        for part, module in zip(TRAINED_PARTS, (model, encoder)):
+            shadow = ema_part(state.ema, part)
             if shadow:  # not strict: the EMA skips integer buffers, but it may hold nothing unknown
                 unexpected = module.load_state_dict(shadow, strict=False).unexpected_keys
                 if unexpected:
                     raise ValueError(f"{ckpt}: EMA entries the model does not have: {unexpected[:5]}")
-    vae = None
-    if cfg.vae is not None:
-        from patchpack.model.vae import load_vae
-
-        vae = load_vae(cfg.vae)
-    return LoadedRun(model.eval(), encoder.eval(), cfg, step, ckpt, weights, vae)
+    return LoadedRun(model.eval(), encoder.eval(), cfg, state.step, ckpt, weights, models.vae)
 
 
 # --------------------------------------------------------------------------- requests
@@ -165,7 +165,8 @@ def sample(run: LoadedRun, reqs: Sequence[Request], *, steps: int = 30, cfg_scal
     grids = model_grids(run, reqs, max_tokens=max_tokens)
     with tqdm(total=steps, desc="sampling", unit="step", disable=not progress) as bar:
         videos = generate(run.model, run.encoder, [r.prompt for r in reqs], grids, steps=steps, cfg_scale=cfg_scale,
-                          seed=seed, max_tokens=max_tokens, autoencoder=run.vae, on_step=lambda k: bar.update(1))
+                          seed=seed, max_tokens=max_tokens, autoencoder=run.vae, flow=run.config.flow,
+                          on_step=lambda k: bar.update(1))
     return [to_frames(v) for v in videos]
 
 

@@ -1,11 +1,13 @@
 """Atomic, pickle-free training checkpoints with keep-last-K rotation.
 
-Layout of one checkpoint, a directory named by its step:
+Layout of one checkpoint, a directory named by its step (what the state holds, by
+name: run_state.py):
 
     run_dir/checkpoints/step_00001200/
         model.safetensors    weights, loadable on their own (patchpack.model.checkpoint)
         state.safetensors    every other tensor: EMA, optimizer moments, RNG, data buffers
         state.json           the tree that names those tensors, plus step and config
+        (other files)        small text files the caller adds, e.g. the model's config.json
 
 A checkpoint is written into `step_XXXXXXXX.tmp-<pid>/`, fsynced, then renamed into
 place. A rename within one filesystem is atomic, so a reader (or a resume after
@@ -65,11 +67,13 @@ def save_checkpoint(
     model_state: dict[str, Tensor],
     state: dict[str, Any],
     keep: int = 3,
+    files: dict[str, str] | None = None,
 ) -> Path:
     """Write one checkpoint atomically and keep only the newest `keep` ones.
 
     model_state: the model's state_dict (tensors only). state: any tree of dicts,
     lists, tuples, tensors, numpy arrays and JSON scalars (see state_io).
+    files: extra text files written beside them, {name: text} (e.g. the model's config.json).
     """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
@@ -86,6 +90,8 @@ def save_checkpoint(
     _write_file(tmp / "model.safetensors", lambda p: save_file(weights, str(p)))
     _write_file(tmp / "state.safetensors", lambda p: save_file(tensors, str(p)))
     _write_file(tmp / "state.json", lambda p: p.write_text(json.dumps({"step": step, "state": skeleton})))
+    for name, text in (files or {}).items():
+        _write_file(tmp / name, lambda p, text=text: p.write_text(text))
     _fsync_dir(tmp)
     if final.exists():  # re-saving the same step (e.g. at exit right after a periodic save)
         shutil.rmtree(final)

@@ -1,12 +1,12 @@
 """The training loop: PackedStream -> caption dropout -> text encoder -> flow loss -> AdamW.
 
-One process, or one per device under torchrun (DDP or FSDP2; train/distributed.py,
-train/parallel.py). Every state that shapes the next step is checkpointed, so a resume
+One process, or one per device under torchrun (DDP or FSDP2; train/parallel). The step
+loop itself is skeleton.py's, shared with the VAE loop; `DiTTask` is this loop's part. Every state that shapes the next step is checkpointed, so a resume
 with `loop.num_workers=0` continues bitwise: weights (DiT in model.safetensors, a
 trainable text encoder in the state), EMA, optimizer, scheduler, and per rank the data
 stream, the torch RNG and the loop's own generators (timesteps, noise and caption
-dropout). SIGTERM saves a checkpoint at the next step boundary and returns instead of
-dying mid-write.
+dropout); run_state.py names every entry. SIGTERM saves a checkpoint at the next step
+boundary and returns instead of dying mid-write.
 
 Data parallelism. DDP (or FSDP2) wraps `FlowObjective`, a small module that owns the
 trained parts (the DiT and, when trainable, the text encoder) and returns the flow loss
@@ -26,69 +26,56 @@ world size (and a filesystem every node can read).
 from __future__ import annotations
 
 import math
-import signal
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from patchpack.model import DiT, dit_config, flow_loss
-from patchpack.model.flow import FlowConfig, sample_timesteps
-from patchpack.model.text import build_text_encoder, drop_captions
-from patchpack.model.vae import vae_config_of
-from patchpack.train.data.packed_stream import PackedStream
-from patchpack.train.data.skips import merge_counts
+from patchpack.model import DiT, build_models, flow_loss
+from patchpack.model.checkpoint import CONFIG_NAME
+from patchpack.model.flow import sample_timesteps
+from patchpack.model.text import drop_captions
+from patchpack.train.data import PackedStream, merge_counts
 from patchpack.train.options import to_yaml
-from patchpack.train.parallel.distributed import (
+from patchpack.train.parallel import (
     DistInfo,
     any_rank,
-    barrier,
-    close_distributed,
-    gather_to_main,
-    init_distributed,
-    sum_ranks,
-)
-from patchpack.train.parallel.wrap import (
     apply_compile,
     apply_grad_checkpointing,
     autocast,
     autocast_dtype,
+    barrier,
     check_parallel,
     check_precision,
+    close_distributed,
     full_tensors,
+    gather_to_main,
+    init_distributed,
     local_norm,
     shard_like,
     shard_optimizer_state,
+    sum_ranks,
     wrap_data_parallel,
 )
 
-from .checkpoint import latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint
-from .config import TrainConfig
+from .checkpoint import latest_checkpoint, resolve_resume
+from .config import TrainConfig, check_loop
 from .metrics import MetricsLog, Progress
 from .optim import EMA, adamw, warmup_cosine
+from .run_state import TRAINED_PARTS, RunState, load_run_state, save_run_state
+from .skeleton import StepOutcome, run_loop
 
-
-def build_models(cfg: TrainConfig, **dit_overrides) -> tuple[DiT, nn.Module]:
-    """(DiT, text encoder); the DiT reads the encoder's dim, and the VAE's latent channels
-    when cfg.vae is set (3 pixel channels otherwise). dit_overrides: further DiTConfig fields
-    (e.g. rope_extrapolation when sampling)."""
-    encoder = build_text_encoder(cfg.text)
-    m = cfg.model
-    overrides = {k: getattr(m, k) for k in ("depth", "hidden", "heads") if getattr(m, k) is not None}
-    overrides.update(dit_overrides)
-    channels = 3 if cfg.vae is None else vae_config_of(cfg.vae).latent_channels
-    dit_cfg = dit_config(m.preset, in_channels=channels, patch=tuple(cfg.packer.patch), text_dim=encoder.dim,
-                         attn_backend=m.attn_backend, prediction=m.prediction, **overrides)
-    return DiT(dit_cfg), encoder
+__all__ = ["train", "DiTTask", "FlowObjective"]
 
 
 def _trained(model: DiT, encoder: nn.Module) -> nn.ModuleDict:
     """The modules the optimizer and EMA own: the DiT, plus the encoder if trainable."""
-    parts = {"dit": model}
+    dit, text = TRAINED_PARTS
+    parts = {dit: model}
     if getattr(encoder, "trainable", False):
-        parts["text"] = encoder
+        parts[text] = encoder
     return nn.ModuleDict(parts)
 
 
@@ -109,36 +96,12 @@ class FlowObjective(nn.Module):
             return flow_loss(self.trained["dit"], batch, text_tokens, text_lengths, generator=generator, t_S=t_S)
 
 
-class _StopFlag:
-    """SIGTERM -> set a flag the loop reads at the step boundary (main thread only)."""
-
-    def __init__(self) -> None:
-        self.set = False
-        self._old = None
-
-    def __enter__(self) -> _StopFlag:
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler, the loop runs to the end
-            self._old = None
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.set = True
-
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-
-
 def _check(cfg: TrainConfig) -> None:
-    lp = cfg.loop
-    if min(lp.steps, lp.log_every, lp.ckpt_every, lp.keep, lp.max_nonfinite, lp.threads) < 1:
-        raise ValueError(f"loop steps/log_every/ckpt_every/keep/max_nonfinite/threads must be >= 1: {lp}")
-    if not cfg.data.shards:
-        raise ValueError("data.shards is empty: point it at a directory of .tar shards")
-    check_parallel(lp.parallel)  # before any process group or model exists
-    check_precision(lp.precision)
+    check_loop(cfg.loop, data=cfg.data)
+    if cfg.loop.max_nonfinite < 1:
+        raise ValueError(f"loop.max_nonfinite must be >= 1, got {cfg.loop.max_nonfinite}")
+    check_parallel(cfg.loop.parallel)  # before any process group or model exists
+    check_precision(cfg.loop.precision)
 
 
 def _rank_seed(seed: int, rank: int) -> int:
@@ -168,17 +131,6 @@ class _Generators:
         if self.device.type == "cuda" and "noise" in s:
             self.noise.set_state(s["noise"])
             torch.cuda.set_rng_state(s["cuda"], self.device)
-
-
-def _rank_entry(state: dict, info: DistInfo) -> dict:
-    """This rank's data and RNG state from a checkpoint (older 1-process layout included)."""
-    ranks = state.get("ranks")
-    if ranks is None:  # checkpoints written before multi-process training
-        ranks = [{"data": state["data"], "rng": state["rng"]}]
-    if len(ranks) != info.world_size:
-        raise ValueError(f"checkpoint was written by {len(ranks)} ranks, resuming with world_size="
-                         f"{info.world_size}: resume with the same number of processes")
-    return ranks[info.rank]
 
 
 class _Window:
@@ -235,182 +187,166 @@ def train(cfg: TrainConfig) -> dict:
         close_distributed(info)
 
 
-@dataclass
-class _Run:
-    """Everything one rank trains with, built (and resumed) by `_setup`."""
+class DiTTask:
+    """Everything one rank trains with, and one step of it (skeleton.TrainingTask)."""
 
-    cfg: TrainConfig
-    info: DistInfo
-    config_yaml: str
-    model: DiT
-    encoder: nn.Module
-    trained: nn.ModuleDict  # what the optimizer and EMA own
-    objective: nn.Module  # FlowObjective, wrapped for data parallelism
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    ema: EMA
-    gens: _Generators
-    stream: PackedStream
-    step: int = 0
-    nonfinite_total: int = 0
+    def __init__(self, cfg: TrainConfig, info: DistInfo) -> None:
+        lp, op = cfg.loop, cfg.optim
+        self.info, self.device = info, info.device
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        # training never extrapolates RoPE: the grids it sees define rope_train_grid (recorded below)
+        trained_as = replace(cfg.model, patch=tuple(cfg.packer.patch), rope_extrapolation="none")
+        models = build_models(trained_as, text=cfg.text, vae=cfg.vae, load_vae_weights=False)
+        resolved = replace(models.dit.config, rope_extrapolation=cfg.model.rope_extrapolation)
+        self.cfg = replace(cfg, model=resolved)  # what config.yaml and checkpoints store
+        self.model, self.encoder = models.dit.to(self.device), models.text_encoder.to(self.device)
+        self.trained = _trained(self.model, self.encoder).train()
+        self.gens = _Generators(_rank_seed(cfg.seed, info.rank), self.device)
+        self.stream = PackedStream(cfg.data, cfg.packer, rank=info.rank, world_size=info.world_size)
+        self.step, self.nonfinite_total, self.nonfinite_run = 0, 0, 0
+        self.seen_grid = [1, 1, 1]  # the largest patch grid per axis in the data so far
+        self.last_loss = math.nan
+        self.window = _Window()
+
+        state = None
+        resume = resolve_resume(lp.resume, self.ckpt_dir)
+        if resume is not None:  # every rank reads the same checkpoint; weights before any sharding
+            state = load_run_state(resume)
+            self.model.load_state_dict(state.weights)
+            if "text" in self.trained:
+                self.encoder.load_state_dict(state.text)
+            mine = state.rank(info.rank, info.world_size)
+            self.stream.load_state_dict(mine["data"])
+            self.gens.load(mine["rng"])
+            self.step, self.nonfinite_total = state.step, int(state.nonfinite)
+            self.seen_grid = list(state.seen_grid or self.seen_grid)
+        self.start_step = self.step
+
+        # knobs from the outside (none renames a parameter), then data parallelism, then the
+        # optimizer over the final (possibly sharded) parameters: torchtitan's order
+        if lp.grad_checkpointing:
+            apply_grad_checkpointing(self.model)
+        if lp.compile:
+            apply_compile(self.model)
+        amp_dtype = autocast_dtype(lp.precision, self.device)
+        self.objective = wrap_data_parallel(FlowObjective(self.trained, self.encoder, amp_dtype=amp_dtype), info,
+                                            parallel=lp.parallel, blocks=self.model.blocks)
+        self.optimizer = adamw(self.trained, lr=op.lr, weight_decay=op.weight_decay, betas=tuple(op.betas))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: warmup_cosine(s, warmup=op.warmup, total=lp.steps, min_ratio=op.min_lr_ratio))
+        self.ema = EMA(self.trained, decay=lp.ema_decay)
+        if state is not None:
+            sharded = dict(self.ema.shadow)
+            self.ema.load_state_dict(state.ema)
+            self.ema.shadow = {k: shard_like(v, sharded[k]) for k, v in self.ema.shadow.items()}
+            self.optimizer.load_state_dict(shard_optimizer_state(state.optimizer, self.optimizer))
+            self.scheduler.load_state_dict(state.scheduler)
+
+        self.metrics = None
+        if info.is_main:
+            Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.run_dir) / "config.yaml").write_text(to_yaml(self.cfg))
+            bar = Progress(total=lp.steps, initial=self.step, enabled=lp.progress)
+            self.metrics = MetricsLog(Path(cfg.run_dir) / "metrics.jsonl", console=True, bar=bar,
+                                      tensorboard_dir=Path(cfg.run_dir) / "tb" if lp.tensorboard else None)
+        self.batches = self.stream.loader(num_workers=lp.num_workers)
 
     @property
     def ckpt_dir(self) -> Path:
         return Path(self.cfg.run_dir) / "checkpoints"
 
+    def saved_config(self) -> TrainConfig:
+        """The resolved config with the grid seen so far: what sampling rebuilds the model from."""
+        return replace(self.cfg, model=replace(self.cfg.model, rope_train_grid=tuple(self.seen_grid)))
 
-def _setup(cfg: TrainConfig, info: DistInfo) -> _Run:
-    lp, op = cfg.loop, cfg.optim
-    device = info.device
-    config_yaml = to_yaml(cfg)
-    if info.is_main:
-        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.run_dir) / "config.yaml").write_text(config_yaml)
-    amp_dtype = autocast_dtype(lp.precision, device)
+    # -- skeleton.TrainingTask
 
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model, encoder = build_models(cfg)
-    model.to(device)
-    encoder.to(device)
-    trained = _trained(model, encoder).train()
-    gens = _Generators(_rank_seed(cfg.seed, info.rank), device)
-    stream = PackedStream(cfg.data, cfg.packer.build(), rank=info.rank, world_size=info.world_size)
+    def agree(self, flags: list[bool]) -> list[bool]:
+        return any_rank(self.info, flags)
 
-    step, nonfinite_total, state = 0, 0, None
-    resume = resolve_resume(cfg.loop.resume, Path(cfg.run_dir) / "checkpoints")
-    if resume is not None:  # every rank reads the same checkpoint; weights before any sharding
-        step, model_state, state = load_checkpoint(resume)
-        model.load_state_dict(model_state)
-        if "text" in trained:
-            encoder.load_state_dict(state["text"])
-        mine = _rank_entry(state, info)
-        stream.load_state_dict(mine["data"])
-        gens.load(mine["rng"])
-        nonfinite_total = int(state["nonfinite"])
+    def train_step(self) -> StepOutcome:
+        lp, op = self.cfg.loop, self.cfg.optim
+        batch = next(self.batches, None)
+        out = None
+        if batch is not None:
+            if self.device.type != "cpu":
+                batch = batch.to(self.device, non_blocking=True)
+            captions = drop_captions([m["caption"] for m in batch.meta], lp.caption_dropout,
+                                     generator=self.gens.cpu)
+            t_S = sample_timesteps(batch.grid, config=self.cfg.flow, generator=self.gens.cpu)
+            out = self.objective(batch, captions, t_S, self.gens.noise)
+        exhausted, bad_loss = self.agree([batch is None, out is not None and not bool(torch.isfinite(out.loss))])
+        if exhausted:
+            return "exhausted"
+        self.optimizer.zero_grad(set_to_none=True)
+        reason = "nonfinite_loss" if bad_loss else None
+        if reason is None:
+            out.loss.backward()  # DDP all-reduces (averages) gradients here
+            clip = op.grad_clip if op.grad_clip > 0 else math.inf
+            grad_norm = local_norm(torch.nn.utils.clip_grad_norm_(self.trained.parameters(), clip))
+            reason = None if math.isfinite(grad_norm) else "nonfinite_grad"
+        if reason is not None:  # skip on every rank: no optimizer, scheduler or EMA step
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_total += 1
+            self.nonfinite_run += 1
+            if self.metrics is not None:
+                self.metrics.log(self.step, {"skipped_step": reason, "nonfinite_total": self.nonfinite_total})
+            if self.nonfinite_run >= lp.max_nonfinite:
+                raise RuntimeError(f"{self.nonfinite_run} non-finite steps in a row at step {self.step} "
+                                   f"(last: {reason}); stopping (loop.max_nonfinite={lp.max_nonfinite})")
+            return "skipped"
+        self.nonfinite_run = 0
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update(self.trained)
+        self.step += 1
+        self.seen_grid = [max(a, int(b)) for a, b in zip(self.seen_grid, batch.grid.max(0).values.tolist())]
+        self.last_loss = float(out.loss.detach())
+        self.window.add(loss=self.last_loss, grad_norm=grad_norm, batch=batch)
+        if self.metrics is not None:
+            self.metrics.bar.update(self.step, self.last_loss)
+        return "done"
 
-    # knobs from the outside (none renames a parameter), then data parallelism, then the
-    # optimizer over the final (possibly sharded) parameters: torchtitan's order
-    if lp.grad_checkpointing:
-        apply_grad_checkpointing(model)
-    if lp.compile:
-        apply_compile(model)
-    objective = wrap_data_parallel(FlowObjective(trained, encoder, amp_dtype=amp_dtype), info,
-                                   parallel=lp.parallel, blocks=model.blocks)
-    optimizer = adamw(trained, lr=op.lr, weight_decay=op.weight_decay, betas=tuple(op.betas))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, warmup=op.warmup, total=lp.steps, min_ratio=op.min_lr_ratio))
-    ema = EMA(trained, decay=lp.ema_decay)
-    if state is not None:
-        sharded = dict(ema.shadow)
-        ema.load_state_dict(state["ema"])
-        ema.shadow = {k: shard_like(v, sharded[k]) for k, v in ema.shadow.items()}
-        optimizer.load_state_dict(shard_optimizer_state(state["optimizer"], optimizer))
-        scheduler.load_state_dict(state["scheduler"])
-    return _Run(cfg, info, config_yaml, model, encoder, trained, objective, optimizer, scheduler, ema, gens,
-                stream, step, nonfinite_total)
+    def log(self) -> None:
+        record = self.window.record(self.info, lr=self.scheduler.get_last_lr()[0], skips=self.stream.skips,
+                                    nonfinite_total=self.nonfinite_total)
+        if self.metrics is not None:
+            self.metrics.log(self.step, record)
 
+    def save(self) -> Path | None:
+        """Collective: rank 0 writes a checkpoint, the others wait until it is in place."""
+        info, has_text = self.info, "text" in self.trained
+        ranks = gather_to_main(info, {"data": self.stream.state_dict(), "rng": self.gens.state()})
+        # full tensors on every rank first: gathering FSDP shards is itself a collective
+        full = full_tensors({"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                             "optimizer": self.optimizer.state_dict(),
+                             "text": self.encoder.state_dict() if has_text else None})
+        path = None
+        if info.is_main:
+            config = self.saved_config()
+            path = save_run_state(self.ckpt_dir, RunState(
+                step=self.step, config=to_yaml(config), weights=full["model"], optimizer=full["optimizer"],
+                scheduler=self.scheduler.state_dict(), ranks=ranks, model_config=(CONFIG_NAME, config.model.to_dict()),
+                ema=full["ema"], text=full["text"], nonfinite=self.nonfinite_total, seen_grid=self.seen_grid,
+                world_size=info.world_size), keep=self.cfg.loop.keep)
+        barrier(info)
+        return path
 
-def _save(run: _Run) -> Path | None:
-    """Collective: rank 0 writes a checkpoint, the others wait until it is in place."""
-    info, has_text = run.info, "text" in run.trained
-    ranks = gather_to_main(info, {"data": run.stream.state_dict(), "rng": run.gens.state()})
-    # full tensors on every rank first: gathering FSDP shards is itself a collective
-    full = full_tensors({"model": run.model.state_dict(), "ema": run.ema.state_dict(),
-                         "optimizer": run.optimizer.state_dict(),
-                         "text": run.encoder.state_dict() if has_text else None})
-    path = None
-    if info.is_main:
-        state = {
-            "ema": full["ema"], "optimizer": full["optimizer"], "scheduler": run.scheduler.state_dict(),
-            "ranks": ranks, "world_size": info.world_size, "nonfinite": run.nonfinite_total,
-            "config": run.config_yaml,
-        }
-        if has_text:
-            state["text"] = full["text"]
-        path = save_checkpoint(run.ckpt_dir, run.step, model_state=full["model"], state=state,
-                               keep=run.cfg.loop.keep)
-    barrier(info)
-    return path
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 def _train(cfg: TrainConfig, info: DistInfo) -> dict:
-    lp, op = cfg.loop, cfg.optim
+    lp = cfg.loop
     torch.set_num_threads(lp.threads)
-    device = info.device
-    run = _setup(cfg, info)
-    optimizer, scheduler, stream, gens = run.optimizer, run.scheduler, run.stream, run.gens
-    flow_cfg = FlowConfig()
-
-    log = None
-    if info.is_main:
-        bar = Progress(total=lp.steps, initial=run.step, enabled=lp.progress)
-        log = MetricsLog(Path(cfg.run_dir) / "metrics.jsonl", console=True, bar=bar,
-                         tensorboard_dir=Path(cfg.run_dir) / "tb" if lp.tensorboard else None)
-    start_step, nonfinite_run, stopped = run.step, 0, "steps"
-    window = _Window()
-    last_loss = math.nan
-    saved_at = -1
+    task = DiTTask(cfg, info)
     try:
-        with _StopFlag() as stop:
-            batches = stream.loader(num_workers=lp.num_workers)
-            while run.step < lp.steps:
-                # agree before reading a batch, so the saved data state is exactly "before it"
-                if any_rank(info, [stop.set])[0]:
-                    stopped = "sigterm"
-                    break
-                batch = next(batches, None)
-                out = None
-                if batch is not None:
-                    if device.type != "cpu":
-                        batch = batch.to(device, non_blocking=True)
-                    captions = drop_captions([m["caption"] for m in batch.meta], lp.caption_dropout,
-                                             generator=gens.cpu)
-                    t_S = sample_timesteps(batch.grid, config=flow_cfg, generator=gens.cpu)
-                    out = run.objective(batch, captions, t_S, gens.noise)
-                exhausted, bad_loss = any_rank(info, [batch is None, out is not None and
-                                                      not bool(torch.isfinite(out.loss))])
-                if exhausted:
-                    stopped = "data_exhausted"
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                reason = "nonfinite_loss" if bad_loss else None
-                if reason is None:
-                    out.loss.backward()  # DDP all-reduces (averages) gradients here
-                    clip = op.grad_clip if op.grad_clip > 0 else math.inf
-                    grad_norm = local_norm(torch.nn.utils.clip_grad_norm_(run.trained.parameters(), clip))
-                    reason = None if math.isfinite(grad_norm) else "nonfinite_grad"
-                if reason is not None:  # skip on every rank: no optimizer, scheduler or EMA step
-                    optimizer.zero_grad(set_to_none=True)
-                    run.nonfinite_total += 1
-                    nonfinite_run += 1
-                    if log is not None:
-                        log.log(run.step, {"skipped_step": reason, "nonfinite_total": run.nonfinite_total})
-                    if nonfinite_run >= lp.max_nonfinite:
-                        raise RuntimeError(f"{nonfinite_run} non-finite steps in a row at step {run.step} "
-                                           f"(last: {reason}); stopping (loop.max_nonfinite={lp.max_nonfinite})")
-                    continue
-                nonfinite_run = 0
-                optimizer.step()
-                scheduler.step()
-                run.ema.update(run.trained)
-                run.step += 1
-                last_loss = float(out.loss.detach())
-                window.add(loss=last_loss, grad_norm=grad_norm, batch=batch)
-                if log is not None:
-                    log.bar.update(run.step, last_loss)
-                if run.step % lp.log_every == 0 or run.step == lp.steps:
-                    record = window.record(info, lr=scheduler.get_last_lr()[0], skips=stream.skips,
-                                           nonfinite_total=run.nonfinite_total)
-                    if log is not None:
-                        log.log(run.step, record)
-                if run.step % lp.ckpt_every == 0:
-                    _save(run)
-                    saved_at = run.step
-        if saved_at != run.step:
-            _save(run)
+        stopped = run_loop(task, steps=lp.steps, log_every=lp.log_every, ckpt_every=lp.ckpt_every,
+                           time_limit=lp.time_limit)
     finally:
-        if log is not None:
-            log.close()
-    return {"step": run.step, "start_step": start_step, "loss": last_loss, "stopped": stopped,
-            "nonfinite": run.nonfinite_total, "skipped": stream.skips, "run_dir": cfg.run_dir,
-            "checkpoint": str(latest_checkpoint(run.ckpt_dir)), "rank": info.rank, "world_size": info.world_size}
+        task.close()
+    return {"step": task.step, "start_step": task.start_step, "loss": task.last_loss, "stopped": stopped,
+            "nonfinite": task.nonfinite_total, "skipped": task.stream.skips, "run_dir": cfg.run_dir,
+            "checkpoint": str(latest_checkpoint(task.ckpt_dir)), "rank": info.rank, "world_size": info.world_size,
+            "seen_grid": task.seen_grid}

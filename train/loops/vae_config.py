@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from patchpack.model.vae import VAEConfig
 from patchpack.train.data.config import DataConfig
 
-from .config import OptimOptions
+from .config import LoopConfig, OptimConfig
 
 
 @dataclass
-class VAEClipOptions:
+class VAEClipConfig:
     # Decoded clips are fitted to the VAE (model/vae_fit.py): the leading 1 + k*temporal
     # frames up to max_frames, both sides scaled by one factor so H*W <= max_pixels,
     # rounded down to the spatial factor. Compute per step is ~ frames x pixels.
@@ -24,25 +24,18 @@ class VAEClipOptions:
 
 
 @dataclass
-class VAELossOptions:
+class VAELossConfig:
     ssim_weight: float = 0.2  # weight of (1 - SSIM), the LPIPS-free perceptual proxy, beside L1
     sample: bool = True  # decode a posterior sample (True, a VAE) or the mean (False, an AE)
 
 
 @dataclass
-class VAELoopOptions:
-    steps: int = 600  # optimizer steps in total (a resume continues up to this)
+class VAELoopConfig(LoopConfig):
     accum: int = 2  # clips per optimizer step: one clip per forward, gradients summed (docs/vae.md)
-    log_every: int = 10  # steps between metrics.jsonl records
-    ckpt_every: int = 200  # steps between checkpoints (one more is written at the end)
-    keep: int = 3  # newest checkpoints kept
-    resume: str = "auto"  # "auto": latest in run_dir/checkpoints if any; "none"; or a checkpoint path
-    threads: int = 2  # torch.set_num_threads
-    time_limit: float | None = None  # seconds; stop (and checkpoint) at the first step past it
 
 
 @dataclass
-class VAEEvalOptions:
+class VAEEvalConfig:
     # (T, H, W) sizes for the PSNR report after training, on held-out synthetic clips
     # (another seed): the trained sizes and unseen ones (larger, longer, other aspects).
     sizes: list[list[int]] = field(default_factory=lambda: [[1, 64, 64], [9, 48, 80], [17, 64, 64],
@@ -57,9 +50,9 @@ class VAETrainConfig:
     seed: int = 0  # init, posterior samples
     data: DataConfig = field(default_factory=DataConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
-    clip: VAEClipOptions = field(default_factory=VAEClipOptions)
-    loss: VAELossOptions = field(default_factory=VAELossOptions)
-    # the DiT's optimizer options (train_config.OptimOptions) with a VAE's defaults
-    optim: OptimOptions = field(default_factory=lambda: OptimOptions(lr=1e-3, betas=[0.9, 0.99], warmup=20))
-    loop: VAELoopOptions = field(default_factory=VAELoopOptions)
-    eval: VAEEvalOptions = field(default_factory=VAEEvalOptions)
+    clip: VAEClipConfig = field(default_factory=VAEClipConfig)
+    loss: VAELossConfig = field(default_factory=VAELossConfig)
+    # the DiT's optimizer options (config.OptimConfig) with a VAE's defaults
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, betas=[0.9, 0.99], warmup=20))
+    loop: VAELoopConfig = field(default_factory=VAELoopConfig)
+    eval: VAEEvalConfig = field(default_factory=VAEEvalConfig)

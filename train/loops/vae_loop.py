@@ -6,10 +6,11 @@ different sizes (packing is for token sequences), equal-size groups would need a
 buffer and hold back rare sizes, and on CPU a batch of B clips costs B single clips
 anyway; accumulation gives the same averaged gradient with none of that (docs/vae.md).
 
-One process, fp32 on CPU. A checkpoint (train/checkpoint.py: safetensors, atomic, keep-K)
-holds the weights, the optimizer, scheduler, data stream and RNG states and the
-VAEConfig, so a resume continues the same run and `model.vae_checkpoint.load_vae` reads
-it directly. At the end the weights are exported to run_dir/vae with `latent_scale` set
+One process, fp32 on CPU. The step loop is skeleton.py's, shared with the DiT loop;
+`VAETask` is this loop's part. A checkpoint (run_state.py) holds the weights, the
+optimizer, scheduler, data stream and RNG states, and the VAEConfig as vae.json beside
+the weights, so a resume continues the same run and `patchpack.model.vae.load_vae`
+reads a checkpoint directory directly. At the end the weights are exported to run_dir/vae with `latent_scale` set
 so latents have unit standard deviation, and the PSNR report goes to run_dir/report.json.
 """
 
@@ -26,14 +27,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from patchpack.model.vae import CausalVAE, fit_to_vae, psnr, save_vae, vae_loss
-from patchpack.train.data.media_decode import to_video_CTHW
-from patchpack.train.data.packed_stream import VideoStream
+from patchpack.model.vae import VAE_CONFIG_NAME, CausalVAE, fit_to_vae, psnr, save_vae, vae_loss
+from patchpack.train.data import VideoStream, to_video_CTHW
 from patchpack.train.options import to_yaml
 
-from .checkpoint import latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import latest_checkpoint, resolve_resume
+from .config import check_loop
 from .metrics import MetricsLog
 from .optim import adamw, warmup_cosine
+from .run_state import RunState, load_run_state, save_run_state
+from .skeleton import StepOutcome, run_loop
 from .vae_config import VAETrainConfig
 
 __all__ = ["train_vae", "vae_psnr_report", "synth_eval_videos", "latent_std"]
@@ -61,13 +64,13 @@ def vae_psnr_report(vae: CausalVAE, videos: Iterable[Tensor], *, chunk: int | No
 def synth_eval_videos(sizes: Sequence[Sequence[int]], *, per_size: int, seed: int) -> list[Tensor]:
     """Held-out synthetic clips at exact (T, H, W) sizes: shapes and photo pans alternately,
     drawn from the same generators as `patchpack synth` with their own seed."""
-    from patchpack.train.data import synth
+    from patchpack.train.data.synth import photo_clip, shape_clip
 
     rng = random.Random(seed)
     out = []
     for t, h, w in sizes:
         for i in range(per_size):
-            make = synth.photo_clip if i % 2 else synth.shape_clip
+            make = photo_clip if i % 2 else shape_clip
             frames_THWC, _, _ = make(rng, int(t), int(h), int(w))
             out.append(to_video_CTHW(np.ascontiguousarray(frames_THWC)))
     return out
@@ -88,11 +91,9 @@ def latent_std(vae: CausalVAE, videos: Iterable[Tensor]) -> float:
 
 
 def _check(cfg: VAETrainConfig) -> None:
-    lp = cfg.loop
-    if min(lp.steps, lp.accum, lp.log_every, lp.ckpt_every, lp.keep, lp.threads) < 1:
-        raise ValueError(f"loop steps/accum/log_every/ckpt_every/keep/threads must be >= 1: {lp}")
-    if not cfg.data.shards:
-        raise ValueError("data.shards is empty: point it at a directory of .tar shards")
+    check_loop(cfg.loop, data=cfg.data)
+    if cfg.loop.accum < 1:
+        raise ValueError(f"loop.accum must be >= 1, got {cfg.loop.accum}")
     if cfg.clip.max_frames < 1 or cfg.clip.max_pixels < cfg.vae.spatial ** 2:
         raise ValueError(f"clip.max_frames={cfg.clip.max_frames} must be >= 1 and clip.max_pixels="
                          f"{cfg.clip.max_pixels} >= spatial^2={cfg.vae.spatial ** 2}")
@@ -110,108 +111,133 @@ def _clips(stream: VideoStream, cfg: VAETrainConfig):
         yield fit_to_vae(video, config=cfg.vae, max_pixels=cfg.clip.max_pixels, max_frames=cfg.clip.max_frames)
 
 
+_WINDOW = ("loss", "l1", "ssim", "kl", "psnr", "grad_norm", "steps", "clips", "pixels")
+
+
+class VAETask:
+    """The VAE, its optimizer and data, and one accumulated step of it (skeleton.TrainingTask)."""
+
+    def __init__(self, cfg: VAETrainConfig) -> None:
+        lp, op = cfg.loop, cfg.optim
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config_yaml = to_yaml(cfg)
+        (self.run_dir / "config.yaml").write_text(self.config_yaml)
+
+        torch.manual_seed(cfg.seed)
+        self.vae = CausalVAE(cfg.vae).train()
+        self.optimizer = adamw(self.vae, lr=op.lr, weight_decay=op.weight_decay, betas=tuple(op.betas))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: warmup_cosine(s, warmup=op.warmup, total=lp.steps, min_ratio=op.min_lr_ratio))
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # posterior samples
+        self.stream = VideoStream(cfg.data)
+        self.step = 0
+        resume = resolve_resume(lp.resume, self.ckpt_dir)
+        if resume is not None:
+            state = load_run_state(resume)
+            self.vae.load_state_dict(state.weights)
+            self.optimizer.load_state_dict(state.optimizer)
+            self.scheduler.load_state_dict(state.scheduler)
+            mine = state.rank(0, 1)
+            self.stream.load_state_dict(mine["data"])
+            torch.set_rng_state(mine["rng"]["torch"])
+            self.gen.set_state(mine["rng"]["loop"])
+            self.step = state.step
+        self.start_step = self.step
+        self.clips = _clips(self.stream, cfg)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", console=True)
+        self.window = dict.fromkeys(_WINDOW, 0.0)
+        self.t_window = time.perf_counter()
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    # -- skeleton.TrainingTask
+
+    def agree(self, flags: list[bool]) -> list[bool]:
+        return flags  # one process
+
+    def train_step(self) -> StepOutcome:
+        cfg, w = self.cfg, self.window
+        self.optimizer.zero_grad(set_to_none=True)
+        got = 0
+        for _ in range(cfg.loop.accum):
+            x = next(self.clips, None)
+            if x is None:
+                break
+            out = self.vae(x[None], sample=cfg.loss.sample, generator=self.gen)
+            parts = vae_loss(out.recon, x[None], out.mean, out.logvar,
+                             ssim_weight=cfg.loss.ssim_weight, kl_weight=cfg.vae.kl_weight)
+            (parts.loss / cfg.loop.accum).backward()  # the mean gradient over the step's clips
+            got += 1
+            for k in ("loss", "l1", "ssim", "kl"):
+                w[k] += float(getattr(parts, k).detach())
+            w["psnr"] += psnr(out.recon.detach(), x[None])
+            w["pixels"] += x[0].numel()
+        if got == 0:
+            return "exhausted"
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.vae.parameters(), clip))
+        if not math.isfinite(grad_norm):
+            raise RuntimeError(f"non-finite gradient norm at step {self.step}; lower optim.lr")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        w["grad_norm"] += grad_norm
+        w["steps"] += 1
+        w["clips"] += got
+        return "done"
+
+    def log(self) -> None:
+        w = self.window
+        dt, n, c = max(time.perf_counter() - self.t_window, 1e-9), w["steps"], w["clips"]
+        self.metrics.log(self.step, {"loss": w["loss"] / c, "l1": w["l1"] / c, "ssim": w["ssim"] / c,
+                                     "kl": w["kl"] / c, "psnr": w["psnr"] / c,
+                                     "lr": self.scheduler.get_last_lr()[0], "grad_norm": w["grad_norm"] / n,
+                                     "clips_per_s": c / dt, "pixels_per_s": w["pixels"] / dt,
+                                     "skipped": self.stream.skips})
+        self.window = dict.fromkeys(_WINDOW, 0.0)
+        self.t_window = time.perf_counter()
+
+    def save(self) -> Path:
+        rng = {"torch": torch.get_rng_state(), "loop": self.gen.get_state()}
+        return save_run_state(self.ckpt_dir, RunState(
+            step=self.step, config=self.config_yaml, weights=self.vae.state_dict(),
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            ranks=[{"data": self.stream.state_dict(), "rng": rng}],
+            model_config=(VAE_CONFIG_NAME, self.cfg.vae.to_dict())), keep=self.cfg.loop.keep)
+
+    def close(self) -> None:
+        self.metrics.close()
+
+
 def train_vae(cfg: VAETrainConfig) -> dict:
     """Run (or resume) VAE training to cfg.loop.steps, export, report; returns a summary dict."""
     _check(cfg)
-    lp, op = cfg.loop, cfg.optim
+    lp = cfg.loop
     torch.set_num_threads(lp.threads)
-    run_dir = Path(cfg.run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_yaml = to_yaml(cfg)
-    (run_dir / "config.yaml").write_text(config_yaml)
-
-    torch.manual_seed(cfg.seed)
-    vae = CausalVAE(cfg.vae).train()
-    optimizer = adamw(vae, lr=op.lr, weight_decay=op.weight_decay, betas=tuple(op.betas))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, warmup=op.warmup, total=lp.steps, min_ratio=op.min_lr_ratio))
-    gen = torch.Generator().manual_seed(cfg.seed)  # posterior samples
-    stream = VideoStream(cfg.data)
-
-    step = 0
-    resume = resolve_resume(lp.resume, ckpt_dir)
-    if resume is not None:
-        step, model_state, state = load_checkpoint(resume)
-        vae.load_state_dict(model_state)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        stream.load_state_dict(state["data"])
-        torch.set_rng_state(state["rng"]["torch"])
-        gen.set_state(state["rng"]["loop"])
-
-    def checkpoint() -> Path:
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "data": stream.state_dict(), "rng": {"torch": torch.get_rng_state(), "loop": gen.get_state()},
-                 "vae_config": cfg.vae.to_dict(), "config": config_yaml}
-        return save_checkpoint(ckpt_dir, step, model_state=vae.state_dict(), state=state, keep=lp.keep)
-
-    log = MetricsLog(run_dir / "metrics.jsonl", console=True)
-    start_step, stopped, saved_at = step, "steps", -1
-    window = dict.fromkeys(("loss", "l1", "ssim", "kl", "psnr", "grad_norm", "steps", "clips", "pixels"), 0.0)
-    t_start = t_window = time.perf_counter()
-    clips = _clips(stream, cfg)
+    task = VAETask(cfg)
+    t_start = time.perf_counter()
     try:
-        while step < lp.steps:
-            if lp.time_limit is not None and time.perf_counter() - t_start > lp.time_limit:
-                stopped = "time_limit"
-                break
-            optimizer.zero_grad(set_to_none=True)
-            got = 0
-            for _ in range(lp.accum):
-                x = next(clips, None)
-                if x is None:
-                    break
-                out = vae(x[None], sample=cfg.loss.sample, generator=gen)
-                parts = vae_loss(out.recon, x[None], out.mean, out.logvar,
-                                 ssim_weight=cfg.loss.ssim_weight, kl_weight=cfg.vae.kl_weight)
-                (parts.loss / lp.accum).backward()  # the mean gradient over the step's clips
-                got += 1
-                for k in ("loss", "l1", "ssim", "kl"):
-                    window[k] += float(getattr(parts, k).detach())
-                window["psnr"] += psnr(out.recon.detach(), x[None])
-                window["pixels"] += x[0].numel()
-            if got == 0:
-                stopped = "data_exhausted"
-                break
-            clip = op.grad_clip if op.grad_clip > 0 else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(vae.parameters(), clip))
-            if not math.isfinite(grad_norm):
-                raise RuntimeError(f"non-finite gradient norm at step {step}; lower optim.lr")
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            window["grad_norm"] += grad_norm
-            window["steps"] += 1
-            window["clips"] += got
-            if step % lp.log_every == 0 or step == lp.steps:
-                dt, n, c = max(time.perf_counter() - t_window, 1e-9), window["steps"], window["clips"]
-                log.log(step, {"loss": window["loss"] / c, "l1": window["l1"] / c, "ssim": window["ssim"] / c,
-                               "kl": window["kl"] / c, "psnr": window["psnr"] / c,
-                               "lr": scheduler.get_last_lr()[0], "grad_norm": window["grad_norm"] / n,
-                               "clips_per_s": c / dt, "pixels_per_s": window["pixels"] / dt,
-                               "skipped": stream.skips})
-                window = dict.fromkeys(window, 0.0)
-                t_window = time.perf_counter()
-            if step % lp.ckpt_every == 0:
-                checkpoint()
-                saved_at = step
-        if saved_at != step:
-            checkpoint()
+        stopped = run_loop(task, steps=lp.steps, log_every=lp.log_every, ckpt_every=lp.ckpt_every,
+                           time_limit=lp.time_limit)
     finally:
-        log.close()
+        task.close()
     train_seconds = time.perf_counter() - t_start
 
-    vae.eval()
+    vae = task.vae.eval()
     ev = cfg.eval
     videos = synth_eval_videos(ev.sizes, per_size=ev.per_size, seed=ev.seed)
     vae.config.latent_scale = 1.0 / max(latent_std(vae, videos), 1e-6)
     report = vae_psnr_report(vae, videos)
-    export = save_vae(vae, run_dir / "vae")
-    summary = {"step": step, "start_step": start_step, "stopped": stopped, "train_seconds": round(train_seconds, 1),
-               "latent_scale": vae.config.latent_scale, "psnr": report, "skipped": stream.skips,
-               "run_dir": str(run_dir), "checkpoint": str(latest_checkpoint(ckpt_dir)), "vae": str(export)}
-    (run_dir / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    export = save_vae(vae, task.run_dir / "vae")
+    summary = {"step": task.step, "start_step": task.start_step, "stopped": stopped,
+               "train_seconds": round(train_seconds, 1), "latent_scale": vae.config.latent_scale, "psnr": report,
+               "skipped": task.stream.skips, "run_dir": str(task.run_dir),
+               "checkpoint": str(latest_checkpoint(task.ckpt_dir)), "vae": str(export)}
+    (task.run_dir / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     for r in report:
         print(f"psnr {r['frames']}x{r['height']}x{r['width']} ({r['clips']} clips): {r['psnr']:.2f} dB", flush=True)
     return summary

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from patchpack.model import FlowConfig, generate, load_dit
+from patchpack.train.apps.gallery import to_frames
 from patchpack.train.apps.generate import (
     find_checkpoint,
     load_run,
@@ -107,3 +109,36 @@ def test_ema_entries_the_model_lacks_are_refused(run_dir, tmp_path):
     load_run(bad, weights="raw")  # the raw weights never read the EMA
     with pytest.raises(ValueError, match="bogus"):
         load_run(bad)
+
+
+def test_a_non_default_run_config_reaches_sampling_intact(tmp_path_factory):
+    """Flow, prediction, RoPE extrapolation and the trained grid travel from training to sampling."""
+    root = tmp_path_factory.mktemp("nondefault")
+    synth(root / "shards", num_samples=4, seed=1, shard_size=4, max_side=48, min_side=32, progress=False)
+    cfg = load_config(TrainConfig, None, [
+        f"run_dir={root / 'run'}", f"data.shards=[{root / 'shards'}]", "data.max_frames=4", "data.shuffle_buffer=2",
+        "packer.patch=[2,4,4]", "packer.max_len=96", "packer.rows=1", "packer.max_tokens_per_sample=64",
+        "packer.buffer=2", "model.depth=1", "model.hidden=32", "model.heads=2", "model.attn_backend=cpu",
+        "model.prediction=x", "model.rope_extrapolation=ntk", "model.mlp_ratio=2.0",
+        "flow.logit_mean=0.7", "flow.shift_base_tokens=16", "optim.warmup=1", "loop.steps=2", "loop.threads=1",
+    ])
+    summary = trainer.train(cfg)
+    run = load_run(root / "run")
+    assert run.config.flow == cfg.flow != FlowConfig()
+    mc = run.model.config
+    assert (mc.prediction, mc.rope_extrapolation, mc.mlp_ratio, mc.patch) == ("x", "ntk", 2.0, (2, 4, 4))
+    assert list(mc.rope_train_grid) == summary["seen_grid"]  # recorded from the data, not the default
+    assert mc.rope_train_grid[0] <= 2 and max(mc.rope_train_grid) <= 64 and mc.rope_train_grid != (16, 32, 32)
+    assert run.model.rope.extrapolation == "ntk" and run.model.rope.train_grid == mc.rope_train_grid
+    alone = load_dit(run.checkpoint)  # a checkpoint directory is also a plain DiT directory
+    assert alone.config == mc and all(torch.equal(a, b) for a, b in zip(
+        alone.state_dict().values(), load_run(run.checkpoint, weights="raw").model.state_dict().values()))
+
+    reqs = requests(["a red circle moving left fast on a black background"], sizes=[(16, 16)], frames=[4])
+    got = sample(run, reqs, steps=3, seed=3)[0]
+    grids = [(4, 16, 16)]
+    kw = dict(steps=3, cfg_scale=4.0, seed=3)
+    with_run_flow = generate(run.model, run.encoder, [reqs[0].prompt], grids, flow=cfg.flow, **kw)[0]
+    default_flow = generate(run.model, run.encoder, [reqs[0].prompt], grids, flow=FlowConfig(), **kw)[0]
+    assert np.array_equal(got, to_frames(with_run_flow))
+    assert not torch.allclose(with_run_flow, default_flow)  # the flow really changes the samples

@@ -8,12 +8,14 @@ import os
 import signal
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from patchpack.model import build_models
 from patchpack.model.flow import FlowLoss
 from patchpack.train.data.packed_stream import PackedStream
 from patchpack.train.data.synth import synth
@@ -187,15 +189,20 @@ def _loss_and_grads(model, encoder, batch):
     return loss.detach(), {k: p.grad.clone() for k, p in named if p.grad is not None}
 
 
+def _models(cfg):
+    models = build_models(replace(cfg.model, patch=tuple(cfg.packer.patch)), text=cfg.text, load_vae_weights=False)
+    return models.dit, models.text_encoder
+
+
 def _one_batch(cfg):
-    return next(iter(PackedStream(cfg.data, cfg.packer.build())))
+    return next(iter(PackedStream(cfg.data, cfg.packer)))
 
 
 def test_grad_checkpointing_gives_the_same_loss_and_grads_and_keeps_the_keys(shards, tmp_path):
     cfg = _cfg(shards, tmp_path, steps=1)
-    cfg.model.depth = 2
+    cfg.model = replace(cfg.model, depth=2)
     torch.manual_seed(0)
-    model, encoder = trainer.build_models(cfg)
+    model, encoder = _models(cfg)
     batch = _one_batch(cfg)
     for block in model.blocks:  # zero-init gates would hide a wrong recompute: wake them up
         torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.02)
@@ -219,7 +226,7 @@ def test_grad_checkpointing_gives_the_same_loss_and_grads_and_keeps_the_keys(sha
 def test_compile_wraps_each_block_in_place(shards, tmp_path):  # dynamo capture alone: ~1 min on 2 loaded cores
     cfg = _cfg(shards, tmp_path, steps=1)
     torch.manual_seed(0)
-    model, encoder = trainer.build_models(cfg)
+    model, encoder = _models(cfg)
     batch = _one_batch(cfg)
     loss, _ = _loss_and_grads(model, encoder, batch)
     keys = list(model.state_dict())
@@ -238,7 +245,7 @@ def test_loop_compile_trains_like_eager(shards, tmp_path):  # inductor codegen: 
 
 def test_bf16_on_cpu_is_allowed_with_a_warning_and_trains(shards, tmp_path):
     cfg = _cfg(shards, tmp_path, steps=2, ckpt_every=100, precision="bf16")
-    cfg.model.attn_backend = "cpu"  # the fp32 reference kernel is not autocast-safe (overflows in bf16)
+    cfg.model = replace(cfg.model, attn_backend="cpu")  # the fp32 reference kernel is not autocast-safe (overflows in bf16)
     with pytest.warns(UserWarning, match="bf16 on CPU"):
         summary = trainer.train(cfg)
     assert summary["step"] == 2 and math.isfinite(summary["loss"])
@@ -248,6 +255,6 @@ def test_bf16_on_cpu_is_allowed_with_a_warning_and_trains(shards, tmp_path):
 
 def test_gpu_config_loads_and_says_what_it_promises():
     cfg = load_config(TrainConfig, Path(__file__).parents[3] / "configs" / "gpu.yaml", [])
-    assert cfg.model.preset == "B" and cfg.text == "minilm" and cfg.packer.max_len >= 4096
+    assert (cfg.model.hidden, cfg.model.depth, cfg.model.heads) == (768, 12, 12) and cfg.text == "minilm" and cfg.packer.max_len >= 4096
     assert cfg.loop.precision == "bf16" and cfg.loop.parallel == "ddp" and cfg.loop.num_workers > 0
     assert cfg.loop.grad_checkpointing and cfg.loop.compile

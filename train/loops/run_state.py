@@ -1,0 +1,94 @@
+"""The run-state schema: what one training checkpoint holds, by name.
+
+Both training loops (the DiT's and the VAE's) write a `RunState`, and everything that
+reads a checkpoint (resume, `patchpack generate`, `load_vae`) reads one, so the keys
+live here and nowhere else. On disk (checkpoint.py: atomic, pickle-free):
+
+    step_XXXXXXXX/
+        model.safetensors   weights           the network the run trains (DiT or VAE)
+        config.json         model_config      its config (DiTConfig / VAEConfig), so the directory
+                            (vae.json)        loads on its own with load_dit / load_vae
+        state.safetensors   every other tensor below
+        state.json          step and the tree that names those tensors:
+            config          the run's resolved config, as YAML (rebuilds model, flow, data)
+            optimizer       AdamW state            scheduler   LR schedule state
+            ranks           per rank: {"data": stream state, "rng": generator states}
+            ema             EMA weights, keyed "<part>.<name>" for part in TRAINED_PARTS
+            text            a trainable text encoder's weights (None when frozen)
+            nonfinite       non-finite steps skipped so far
+            seen_grid       largest (T', H', W') patch grid seen per axis (RoPE extrapolation)
+            world_size      processes that wrote it (a resume needs the same)
+
+In the spirit of torchtitan's CheckpointManager, whose states are named ("model",
+"optimizer", "lr_scheduler", "dataloader", "train_state"), not positional.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from .checkpoint import load_checkpoint, save_checkpoint
+
+__all__ = ["TRAINED_PARTS", "RunState", "save_run_state", "load_run_state", "ema_part"]
+
+TRAINED_PARTS = ("dit", "text")  # the modules the DiT loop's optimizer and EMA own, by name
+
+
+@dataclass
+class RunState:
+    step: int
+    config: str  # the run's resolved config (YAML)
+    weights: dict[str, Tensor]  # the trained network's state_dict
+    optimizer: dict
+    scheduler: dict
+    ranks: list[dict]  # per rank: {"data": ..., "rng": ...}
+    model_config: tuple[str, dict] | None = None  # (file name, fields): config.json or vae.json
+    ema: dict[str, Tensor] | None = None
+    text: dict[str, Tensor] | None = None
+    nonfinite: int = 0
+    seen_grid: list[int] | None = None
+    world_size: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)  # a loop's own named entries
+
+    def rank(self, rank: int, world_size: int) -> dict:
+        """This rank's {"data", "rng"} entry; ValueError when the world size changed."""
+        if len(self.ranks) != world_size:
+            raise ValueError(f"checkpoint was written by {len(self.ranks)} ranks, resuming with world_size="
+                             f"{world_size}: resume with the same number of processes")
+        return self.ranks[rank]
+
+
+_NAMED = ("config", "optimizer", "scheduler", "ranks", "ema", "text", "nonfinite", "seen_grid", "world_size")
+
+
+def save_run_state(ckpt_dir: str | Path, state: RunState, *, keep: int) -> Path:
+    """Write `state` as checkpoint step_<step> in ckpt_dir (atomically), keeping the newest `keep`."""
+    tree = {k: getattr(state, k) for k in _NAMED}
+    tree.update(state.extra)
+    files = {}
+    if state.model_config is not None:
+        name, fields = state.model_config
+        files[name] = json.dumps(fields, indent=2) + "\n"
+    return save_checkpoint(ckpt_dir, state.step, model_state=state.weights, state=tree, keep=keep, files=files)
+
+
+def load_run_state(path: str | Path) -> RunState:
+    """Read the checkpoint directory `path` (never unpickles)."""
+    step, weights, tree = load_checkpoint(path)
+    if "ranks" not in tree:  # one process, written before per-rank entries existed
+        tree["ranks"] = [{"data": tree.pop("data"), "rng": tree.pop("rng")}]
+    named = {k: tree.pop(k) for k in _NAMED if k in tree}
+    return RunState(step=step, weights=weights, **named, extra=tree)
+
+
+def ema_part(ema: dict[str, Tensor], part: str) -> dict[str, Tensor]:
+    """The EMA entries of one trained part ("dit" or "text"), its prefix stripped."""
+    if part not in TRAINED_PARTS:
+        raise ValueError(f"part={part!r}, expected one of {TRAINED_PARTS}")
+    prefix = f"{part}."
+    return {k[len(prefix):]: v for k, v in ema.items() if k.startswith(prefix)}
