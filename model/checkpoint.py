@@ -13,28 +13,51 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from .config import DiTConfig
 from .dit import DiT
 
-__all__ = ["WEIGHTS_NAME", "CONFIG_NAME", "save_dit", "load_dit", "check_safetensors"]
+__all__ = ["WEIGHTS_NAME", "CONFIG_NAME", "save_dit", "load_dit", "save_model_dir", "load_model_dir",
+           "check_safetensors"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
-def save_dit(model: DiT, directory: str | os.PathLike) -> Path:
-    """Write `model`'s weights and config into `directory` (created if needed)."""
+def save_model_dir(model: nn.Module, config: dict, directory: str | os.PathLike, *, config_name: str,
+                   kind: str) -> Path:
+    """Write a module's weights (safetensors) and its config fields (JSON) into `directory`."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(d / WEIGHTS_NAME), metadata={"format": "pt", "model": "patchpack.DiT"})
-    (d / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    save_file(state, str(d / WEIGHTS_NAME), metadata={"format": "pt", "model": kind})
+    (d / config_name).write_text(json.dumps(config, indent=2) + "\n")
     return d
+
+
+def load_model_dir(directory: str | os.PathLike, build: Callable[[], nn.Module], *,
+                   device: str | torch.device = "cpu") -> nn.Module:
+    """The module `build()` makes (on the meta device: no init cost), with the weights of
+    `directory`/model.safetensors assigned, strictly."""
+    weights = Path(directory) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ValueError(f"checkpoint {directory} has no {WEIGHTS_NAME}")
+    check_safetensors(weights)
+    with torch.device("meta"):
+        model = build()  # every tensor comes from the file
+    model.load_state_dict(load_file(str(weights), device=str(device)), strict=True, assign=True)
+    return model
+
+
+def save_dit(model: DiT, directory: str | os.PathLike) -> Path:
+    """Write `model`'s weights and config into `directory` (created if needed)."""
+    return save_model_dir(model, model.config.to_dict(), directory, config_name=CONFIG_NAME, kind="patchpack.DiT")
 
 
 def check_safetensors(path: str | os.PathLike) -> None:
@@ -53,15 +76,8 @@ def check_safetensors(path: str | os.PathLike) -> None:
 def load_dit(directory: str | os.PathLike, *, device: str | torch.device = "cpu", **overrides) -> DiT:
     """Rebuild the DiT saved in `directory`. overrides: config fields to change at load time
     that do not touch weights (e.g. attn_backend="cpu", rope_extrapolation="ntk")."""
-    d = Path(directory)
-    weights, config_path = d / WEIGHTS_NAME, d / CONFIG_NAME
-    for p in (weights, config_path):
-        if not p.is_file():
-            raise ValueError(f"checkpoint {d} has no {p.name}")
-    check_safetensors(weights)
+    config_path = Path(directory) / CONFIG_NAME
+    if not config_path.is_file():
+        raise ValueError(f"checkpoint {directory} has no {CONFIG_NAME}")
     config = DiTConfig.from_dict({**json.loads(config_path.read_text()), **overrides})
-    with torch.device("meta"):
-        model = DiT(config)  # no init cost: every tensor comes from the file
-    state = load_file(str(weights), device=str(device))
-    model.load_state_dict(state, strict=True, assign=True)
-    return model
+    return load_model_dir(directory, lambda: DiT(config), device=device)

@@ -149,27 +149,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from patchpack.train.apps.demo import DemoOptions, run_demo
     from patchpack.train.options import ConfigError
 
-    config = Path(args.config) if args.config else _source_file("configs/demo.yaml")
-    opts = DemoOptions(out=args.out, config=str(config), overrides=args.overrides, prompts=args.prompts,
+    opts = DemoOptions(out=args.out, config=args.config, overrides=args.overrides, prompts=args.prompts,
                        sample_steps=args.steps, cfg_scale=args.cfg, seed=args.seed)
     if args.num_samples is not None:
         opts.num_samples = args.num_samples
-    if args.quick:  # a minute-long smoke run of every stage; the pictures are noise
-        opts.num_samples = args.num_samples or 24
-        opts.prompts, opts.sample_steps = min(args.prompts, 2), min(args.steps, 3)
-        opts.overrides = ["loop.steps=4", "loop.log_every=1", "loop.ckpt_every=1000", "model.depth=1",
-                          "model.hidden=64", "model.heads=2", "optim.warmup=1", "loop.threads=1", *args.overrides]
+    if args.quick:
+        opts = opts.quick()
     try:
         run_demo(opts)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
-
-
-def _source_file(rel: str) -> Path:
-    path = Path(__file__).resolve().parent.parent / rel
-    if not path.is_file():
-        raise UserError(f"{rel} not found next to the package ({path}); pass --config or run from a source checkout")
-    return path
 
 
 def cmd_generate(args: argparse.Namespace) -> None:

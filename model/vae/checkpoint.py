@@ -12,10 +12,8 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from patchpack.model.checkpoint import WEIGHTS_NAME, check_safetensors
-
+from ..checkpoint import load_model_dir, save_model_dir
 from .model import CausalVAE, VAEConfig
 
 __all__ = ["VAE_CONFIG_NAME", "save_vae", "load_vae", "vae_config_of"]
@@ -25,12 +23,8 @@ VAE_CONFIG_NAME = "vae.json"
 
 def save_vae(vae: CausalVAE, directory: str | os.PathLike) -> Path:
     """Write `vae`'s weights and config into `directory` (created if needed)."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in vae.state_dict().items()}
-    save_file(state, str(d / WEIGHTS_NAME), metadata={"format": "pt", "model": "patchpack.CausalVAE"})
-    (d / VAE_CONFIG_NAME).write_text(json.dumps(vae.config.to_dict(), indent=2) + "\n")
-    return d
+    return save_model_dir(vae, vae.config.to_dict(), directory, config_name=VAE_CONFIG_NAME,
+                          kind="patchpack.CausalVAE")
 
 
 def vae_config_of(directory: str | os.PathLike) -> VAEConfig:
@@ -44,13 +38,5 @@ def vae_config_of(directory: str | os.PathLike) -> VAEConfig:
 
 def load_vae(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> CausalVAE:
     """Rebuild the VAE saved in `path` (see the module docstring), in eval mode."""
-    d = Path(path)
-    weights = d / WEIGHTS_NAME
-    if not weights.is_file():
-        raise ValueError(f"VAE checkpoint {d} has no {WEIGHTS_NAME}")
-    config = vae_config_of(d)
-    check_safetensors(weights)
-    with torch.device("meta"):
-        vae = CausalVAE(config)  # no init cost: every tensor comes from the file
-    vae.load_state_dict(load_file(str(weights), device=str(device)), strict=True, assign=True)
-    return vae.eval()
+    config = vae_config_of(path)
+    return load_model_dir(path, lambda: CausalVAE(config), device=device).eval()

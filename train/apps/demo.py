@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from patchpack.train.data.synth import (
@@ -36,7 +36,7 @@ from .generate import Request, load_run, sample, write_outputs
 @dataclass
 class DemoOptions:
     out: str = "runs/demo"  # data/, run/, samples/ and summary.json go here
-    config: str = "configs/demo.yaml"  # the training run (a TrainConfig YAML)
+    config: str | None = None  # the training run (a TrainConfig YAML); None: the checkout's configs/demo.yaml
     overrides: list[str] = field(default_factory=list)  # dotlist overrides of the training config
     num_samples: int = 1200  # synthetic clips written once to out/data
     min_side: int = 48  # synthetic clip sizes in pixels: the packer's budget resizes them down
@@ -46,6 +46,24 @@ class DemoOptions:
     sample_steps: int = 25  # Euler steps
     cfg_scale: float = 4.0
     seed: int = 0
+
+    def quick(self) -> DemoOptions:
+        """A minute-long smoke run of every stage (the pictures are noise): few clips, a 1-block
+        DiT, 4 steps, 2 prompts, 3 Euler steps. The options' own overrides still apply last."""
+        return replace(
+            self, num_samples=min(self.num_samples, 24), prompts=min(self.prompts, 2),
+            sample_steps=min(self.sample_steps, 3),
+            overrides=["loop.steps=4", "loop.log_every=1", "loop.ckpt_every=1000", "model.depth=1",
+                       "model.hidden=64", "model.heads=2", "optim.warmup=1", "loop.threads=1", *self.overrides])
+
+
+def default_config() -> Path:
+    """configs/demo.yaml of the source checkout this package runs from; ValueError when absent
+    (an installed wheel carries no configs/: pass a config explicitly)."""
+    path = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    if not path.is_file():
+        raise ValueError(f"configs/demo.yaml not found next to the package ({path}); pass --config")
+    return path
 
 
 def demo_sizes(patch: tuple[int, int, int], max_tokens: int, max_frames: int) -> list[tuple[int, int, int, str]]:
@@ -98,7 +116,8 @@ def run_demo(opts: DemoOptions) -> dict:
               photo_fraction=opts.photo_fraction)
 
     # 2. train
-    cfg = load_config(TrainConfig, opts.config, [f"run_dir={run_dir}", f"data.shards=[{data}]", *opts.overrides])
+    config = opts.config if opts.config is not None else default_config()
+    cfg = load_config(TrainConfig, config, [f"run_dir={run_dir}", f"data.shards=[{data}]", *opts.overrides])
     print(f"[2/4] train: {cfg.loop.steps} steps of the DiT (width {cfg.model.hidden}, depth {cfg.model.depth}) into {run_dir} "
           f"(resumes if interrupted)")
     t_train = time.perf_counter()

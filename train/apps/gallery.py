@@ -14,17 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from patchpack.train.data.media_encode import encode_image, encode_mp4
-
-
-def to_frames(video_CTHW: torch.Tensor) -> np.ndarray:
-    """float [3, T, H, W] in [-1, 1] (values outside are clipped) -> uint8 [T, H, W, 3]."""
-    if video_CTHW.ndim != 4 or video_CTHW.shape[0] != 3:
-        raise ValueError(f"expected a [3, T, H, W] RGB video, got shape {tuple(video_CTHW.shape)}")
-    x = ((video_CTHW.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 3, 0).contiguous().numpy()
 
 
 def write_gif(path: str | Path, frames_THWC: np.ndarray, *, fps: float) -> Path:

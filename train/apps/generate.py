@@ -22,6 +22,7 @@ import numpy as np
 from torch import nn
 
 from patchpack.model import DiT, build_models, check_grid, generate
+from patchpack.train.data import from_video_CTHW
 from patchpack.train.loops import (
     TRAINED_PARTS,
     TrainConfig,
@@ -31,7 +32,7 @@ from patchpack.train.loops import (
 )
 from patchpack.train.options import load_config
 
-from .gallery import GalleryItem, contact_sheet, to_frames, write_gallery, write_video_files
+from .gallery import GalleryItem, contact_sheet, write_gallery, write_video_files
 
 WEIGHTS = ("ema", "raw")
 
@@ -167,7 +168,7 @@ def sample(run: LoadedRun, reqs: Sequence[Request], *, steps: int = 30, cfg_scal
         videos = generate(run.model, run.encoder, [r.prompt for r in reqs], grids, steps=steps, cfg_scale=cfg_scale,
                           seed=seed, max_tokens=max_tokens, autoencoder=run.vae, flow=run.config.flow,
                           on_step=lambda k: bar.update(1))
-    return [to_frames(v) for v in videos]
+    return [from_video_CTHW(v) for v in videos]
 
 
 # --------------------------------------------------------------------------- files

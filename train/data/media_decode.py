@@ -172,6 +172,9 @@ def to_video_CTHW(frames_THWC: np.ndarray) -> torch.Tensor:
 
 
 def from_video_CTHW(video_CTHW: torch.Tensor) -> np.ndarray:
-    """The inverse of `to_video_CTHW`, rounding to uint8."""
-    x = ((video_CTHW.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    """The inverse of `to_video_CTHW`: float [C, T, H, W] in [-1, 1] (values outside are
+    clipped), on any device, with or without grad -> uint8 [T, H, W, C]."""
+    if video_CTHW.ndim != 4:
+        raise ValueError(f"expected a [C, T, H, W] video, got shape {tuple(video_CTHW.shape)}")
+    x = ((video_CTHW.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(1, 2, 3, 0).contiguous().numpy()

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from patchpack.train.apps.gallery import (
     GalleryItem,
     contact_sheet,
     read_gif,
-    to_frames,
     write_gallery,
     write_video_files,
 )
@@ -21,15 +19,6 @@ def _clip(t=3, h=8, w=12):
     # few distinct colours, so a gif's 256-colour palette holds them exactly
     palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [30, 60, 200]], np.uint8)
     return palette[rng.integers(0, 4, size=(t, h, w))]
-
-
-def test_to_frames_maps_the_range_and_clips():
-    v = torch.tensor([-1.0, 0.0, 1.0, 5.0]).view(1, 1, 1, 4).expand(3, 1, 1, 4)
-    f = to_frames(v)
-    assert f.shape == (1, 1, 4, 3) and f.dtype == np.uint8
-    assert f[0, 0, :, 0].tolist() == [0, 128, 255, 255]
-    with pytest.raises(ValueError, match="RGB"):
-        to_frames(torch.zeros(1, 2, 4, 4))
 
 
 def test_video_files_round_trip(tmp_path):

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from patchpack.model import FlowConfig, generate, load_dit
-from patchpack.train.apps.gallery import to_frames
 from patchpack.train.apps.generate import (
     find_checkpoint,
     load_run,
@@ -18,6 +17,7 @@ from patchpack.train.apps.generate import (
     sample,
     write_outputs,
 )
+from patchpack.train.data import from_video_CTHW
 from patchpack.train.data.synth import synth
 from patchpack.train.loops import dit_loop as trainer
 from patchpack.train.loops.config import TrainConfig
@@ -140,5 +140,5 @@ def test_a_non_default_run_config_reaches_sampling_intact(tmp_path_factory):
     kw = dict(steps=3, cfg_scale=4.0, seed=3)
     with_run_flow = generate(run.model, run.encoder, [reqs[0].prompt], grids, flow=cfg.flow, **kw)[0]
     default_flow = generate(run.model, run.encoder, [reqs[0].prompt], grids, flow=FlowConfig(), **kw)[0]
-    assert np.array_equal(got, to_frames(with_run_flow))
+    assert np.array_equal(got, from_video_CTHW(with_run_flow))
     assert not torch.allclose(with_run_flow, default_flow)  # the flow really changes the samples

@@ -6,8 +6,15 @@ import tarfile
 
 import numpy as np
 import pytest
+import torch
 
-from patchpack.train.data.media_decode import DecodeError, decode_image, decode_video
+from patchpack.train.data.media_decode import (
+    DecodeError,
+    decode_image,
+    decode_video,
+    from_video_CTHW,
+    to_video_CTHW,
+)
 from patchpack.train.data.media_encode import encode_image, encode_mp4
 from patchpack.train.data.shards import make_shards, read_captions
 from patchpack.train.data.synth import make_sample, synth
@@ -157,3 +164,14 @@ def test_synth_stores_attrs(tmp_path):
             assert said in meta["caption"]
             if attrs["frames"] > 1:
                 assert attrs["direction"] in meta["caption"]
+
+
+def test_from_video_maps_the_range_clips_and_inverts_to_video():
+    v = torch.tensor([-1.0, 0.0, 1.0, 5.0], requires_grad=True).view(1, 1, 1, 4).expand(3, 1, 1, 4)
+    f = from_video_CTHW(v)
+    assert f.shape == (1, 1, 4, 3) and f.dtype == np.uint8
+    assert f[0, 0, :, 0].tolist() == [0, 128, 255, 255]
+    frames = np.random.default_rng(0).integers(0, 256, (2, 3, 5, 3), dtype=np.uint8)
+    assert np.array_equal(from_video_CTHW(to_video_CTHW(frames)), frames)
+    with pytest.raises(ValueError, match="C, T, H, W"):
+        from_video_CTHW(torch.zeros(2, 4, 4))
