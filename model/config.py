@@ -94,7 +94,7 @@ class DiTConfig:
 
 
 def DiT_tiny(**kw) -> DiTConfig:
-    # CPU demo: ~2.5M params, trains on synthetic shapes in minutes.
+    # CPU demo size: ~2.5M params (docs/model.md counts every preset).
     return replace(DiTConfig(hidden=128, depth=6, heads=4, text_dim=64), **kw)
 
 

@@ -1,6 +1,6 @@
 """What every text encoder shares: caption checks, caption dropout for CFG, mean pooling.
 
-The encoder contract (see model/text.py) returns captions as a varlen layout, the same
+The encoder contract (see model/text/__init__.py) returns captions as a varlen layout, the same
 way the packer lays out video tokens: `text_tokens` (total_tokens, dim) holds every
 caption's token embeddings back to back in caption order, `text_lengths` (S,) int64
 holds how many tokens each caption has (always >= 1).

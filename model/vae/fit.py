@@ -1,7 +1,7 @@
 """Fit a decoded video to what the VAE accepts: T = 1 + k*ft frames, sides multiples of fs.
 
-Used the same way by VAE training (train/vae_trainer.py) and latent pre-encoding
-(train/latents.py), so the latents the DiT sees come from the sizes the VAE trained on.
+Used the same way by VAE training (train/loops/vae_loop.py) and latent pre-encoding
+(train/data/latent_shards.py), so the latents the DiT sees come from the sizes the VAE trained on.
 """
 
 from __future__ import annotations

@@ -47,8 +47,8 @@ class VAEConfig:
     # parameter-free residual shortcuts around every resampler and the latent (DC-AE,
     # arXiv:2410.10733): 2x2 means down, nearest copies up, channel-group means into the
     # latent and channel repeats out of it. The convs then learn a residual over a plain
-    # downsample/upsample, which is what a short CPU run can reach (docs/vae.md: without
-    # them, 15 minutes stalled at 13-19 dB). Needs widths[-1] % latent_channels == 0.
+    # downsample/upsample instead of the resampler itself, which matters most for short
+    # runs (docs/vae.md has the measurements). Needs widths[-1] % latent_channels == 0.
     shortcuts: bool = False
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""Invariants 4 and 5 at model level: pack invariance and no leakage between samples."""
+"""Invariants 4 and 5 (docs/design.md) at model level: pack invariance and no leakage between samples."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Invariant 1: unpatchify(patchify(x)) == x bitwise, every patch size and shape, T=1 included."""
+"""Invariant 1 (docs/design.md): unpatchify(patchify(x)) == x bitwise, every patch size and shape, T=1 included."""
 
 import pytest
 import torch

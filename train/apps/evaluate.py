@@ -1,6 +1,6 @@
 """Read a clip's attributes back from its pixels and score them against its synthetic caption.
 
-For the embedded dataset's captions only (train/synth.py). No learned model, so a score
+For the embedded dataset's captions only (train/data/synth.py). No learned model, so a score
 measures the generator, not a second network:
   background  per-channel median of every pixel (the plain background covers > 75% of a
               shape clip), nearest BACKGROUNDS entry; none on a clip read as a photo;

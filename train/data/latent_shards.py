@@ -2,7 +2,7 @@
 
     pixel shard  <key>.mp4|jpg|png + <key>.json
       --decode as the stream does (DataConfig: fps, stride, max_seconds, max_frames)-->
-      --fit to the VAE (model/vae_fit.py: 1 + k*ft frames, sides multiples of fs, max_pixels)-->
+      --fit to the VAE (model/vae/fit.py: 1 + k*ft frames, sides multiples of fs, max_pixels)-->
       --vae.encode (posterior mean x latent_scale)-->
     latent shard <key>.latent.safetensors (tensor "latent", float32 [C', T', H', W'])
                  + <key>.json: the source json (every caption, attrs) plus "latent": {...}

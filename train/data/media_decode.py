@@ -19,7 +19,7 @@ import torch
 DEFAULT_FPS = 24.0  # only when a container declares no rate at all
 VIDEO_EXTS = ("mp4",)
 IMAGE_EXTS = ("jpg", "jpeg", "png")
-LATENT_EXT = "latent.safetensors"  # a pre-encoded VAE latent (train/latents.py), tensor "latent"
+LATENT_EXT = "latent.safetensors"  # a pre-encoded VAE latent (train/data/latent_shards.py), tensor "latent"
 
 
 class DecodeError(ValueError):

@@ -30,7 +30,7 @@ __all__ = ["TrainConfig", "OptimConfig", "LoopConfig", "DiTLoopConfig", "check_l
 class OptimConfig:
     lr: float = 3e-4  # peak learning rate, reached after warmup
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.0  # on >= 2-D weights only (train/optim.py)
+    weight_decay: float = 0.0  # on >= 2-D weights only (train/loops/optim.py)
     warmup: int = 50  # linear warmup steps
     min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr, reached at loop.steps
     grad_clip: float = 1.0  # max global grad norm; <= 0 turns clipping off

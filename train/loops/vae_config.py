@@ -16,7 +16,7 @@ from .config import LoopConfig, OptimConfig
 
 @dataclass
 class VAEClipConfig:
-    # Decoded clips are fitted to the VAE (model/vae_fit.py): the leading 1 + k*temporal
+    # Decoded clips are fitted to the VAE (model/vae/fit.py): the leading 1 + k*temporal
     # frames up to max_frames, both sides scaled by one factor so H*W <= max_pixels,
     # rounded down to the spatial factor. Compute per step is ~ frames x pixels.
     max_pixels: int = 64 * 64  # per frame

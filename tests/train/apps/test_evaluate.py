@@ -1,7 +1,7 @@
 """The attribute evaluator, validated on ground truth: synth clips shrunk to demo sizes, through
 mp4, noise and blur, score near 100%; pure noise and swapped captions score near chance.
 
-`pytest -m slow tests/train/test_evaluate.py -s` prints the full table of docs/evaluation.md.
+`pytest -m slow tests/train/apps/test_evaluate.py -s` prints the full table of docs/evaluation.md.
 """
 
 import json
