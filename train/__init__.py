@@ -1,1 +1,8 @@
-"""patchpack.train."""
+"""patchpack.train: everything that runs models on data, in four subpackages.
+
+    data/      shards -> decode -> PackedStream (the data pipeline; webdataset, PyAV)
+    loops/     the DiT and VAE training loops, their configs and checkpoints
+    parallel/  torchrun processes and the knobs applied to a built model (DDP, FSDP2, compile)
+    apps/      generate, gallery, evaluate, demo
+    options.py config loading at the edge: dataclass defaults <- YAML <- key=value
+"""
