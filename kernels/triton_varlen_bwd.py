@@ -20,7 +20,23 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_varlen_fwd import block_sizes, dot, use_fp32_dot
+from .triton_varlen_fwd import (
+    block_sizes,
+    dot,
+    key_end,
+    load_kv,
+    load_rows,
+    recompute_p,
+    segment_bounds,
+    use_fp32_dot,
+)
+
+
+@triton.jit
+def _row_stats(LSE, DELTA, offs, mask):
+    """The forward's lse and the preprocess's delta for some q rows. Padding rows read
+    lse = +inf, so their recomputed P is exactly 0."""
+    return tl.load(LSE + offs, mask=mask, other=float("inf")), tl.load(DELTA + offs, mask=mask, other=0.0)
 
 
 @triton.jit
@@ -35,10 +51,8 @@ def _bwd_preprocess_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m < total)[:, None] & (offs_d < headdim)[None, :]
-    o = tl.load(O + offs_m[:, None] * stride_ot + head * stride_on + offs_d[None, :],
-                mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(DO + offs_m[:, None] * stride_dot + head * stride_don + offs_d[None, :],
-                 mask=mask, other=0.0).to(tl.float32)
+    o = load_rows(O + head * stride_on, offs_m, stride_ot, offs_d, mask).to(tl.float32)
+    do = load_rows(DO + head * stride_don, offs_m, stride_dot, offs_d, mask).to(tl.float32)
     tl.store(DELTA + head * stride_deltan + offs_m, tl.sum(o * do, 1), mask=offs_m < total)
 
 
@@ -58,10 +72,7 @@ def _bwd_dkdv_kernel(
     head = tl.program_id(2)
     head_k = head // group
 
-    q_start = tl.load(CU_Q + seg)
-    len_q = tl.load(CU_Q + seg + 1) - q_start
-    k_start = tl.load(CU_K + seg)
-    len_k = tl.load(CU_K + seg + 1) - k_start
+    q_start, len_q, k_start, len_k = segment_bounds(CU_Q, CU_K, seg)
     if pid_n * BLOCK_N < len_k:
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_m = tl.arange(0, BLOCK_M)
@@ -69,10 +80,8 @@ def _bwd_dkdv_kernel(
         mask_n = offs_n < len_k
         mask_d = offs_d < headdim
         kv_mask = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(K + (k_start + offs_n)[:, None] * stride_kt + head_k * stride_kn + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
-        v = tl.load(V + (k_start + offs_n)[:, None] * stride_vt + head_k * stride_vn + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
+        k = load_rows(K + head_k * stride_kn, k_start + offs_n, stride_kt, offs_d, kv_mask)
+        v = load_rows(V + head_k * stride_vn, k_start + offs_n, stride_vt, offs_d, kv_mask)
         dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         qk_scale = sm_scale * 1.4426950408889634
@@ -86,20 +95,14 @@ def _bwd_dkdv_kernel(
             rows = m0 + offs_m
             mask_m = rows < len_q
             qo_mask = mask_m[:, None] & mask_d[None, :]
-            q = tl.load(Q + (q_start + rows)[:, None] * stride_qt + head * stride_qn + offs_d[None, :],
-                        mask=qo_mask, other=0.0)
-            do = tl.load(DO + (q_start + rows)[:, None] * stride_dot + head * stride_don + offs_d[None, :],
-                         mask=qo_mask, other=0.0)
-            # Padding rows read lse = +inf so their P is exactly 0.
-            lse = tl.load(LSE + head * stride_ln + q_start + rows, mask=mask_m, other=float("inf"))
-            delta = tl.load(DELTA + head * stride_ln + q_start + rows, mask=mask_m, other=0.0)
+            q = load_rows(Q + head * stride_qn, q_start + rows, stride_qt, offs_d, qo_mask)
+            do = load_rows(DO + head * stride_don, q_start + rows, stride_dot, offs_d, qo_mask)
+            lse, delta = _row_stats(LSE, DELTA, head * stride_ln + q_start + rows, mask_m)
 
-            s = dot(q, tl.trans(k), FP32_DOT) * qk_scale
-            p = tl.exp2(s - lse[:, None] * 1.4426950408889634)
             valid = mask_m[:, None] & mask_n[None, :]
             if CAUSAL:
                 valid = valid & (offs_n[None, :] <= rows[:, None] + diag)
-            p = tl.where(valid, p, 0.0)
+            p = recompute_p(q, k, lse, qk_scale, valid, FP32_DOT)
 
             dv += dot(tl.trans(p.to(do.dtype)), do, FP32_DOT)
             dp = dot(do, tl.trans(v), FP32_DOT)
@@ -129,10 +132,7 @@ def _bwd_dq_kernel(
     head = tl.program_id(2)
     head_k = head // group
 
-    q_start = tl.load(CU_Q + seg)
-    len_q = tl.load(CU_Q + seg + 1) - q_start
-    k_start = tl.load(CU_K + seg)
-    len_k = tl.load(CU_K + seg + 1) - k_start
+    q_start, len_q, k_start, len_k = segment_bounds(CU_Q, CU_K, seg)
     if pid_m * BLOCK_M < len_q:
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
@@ -140,34 +140,23 @@ def _bwd_dq_kernel(
         mask_m = offs_m < len_q
         mask_d = offs_d < headdim
         qo_mask = mask_m[:, None] & mask_d[None, :]
-        q = tl.load(Q + (q_start + offs_m)[:, None] * stride_qt + head * stride_qn + offs_d[None, :],
-                    mask=qo_mask, other=0.0)
-        do = tl.load(DO + (q_start + offs_m)[:, None] * stride_dot + head * stride_don + offs_d[None, :],
-                     mask=qo_mask, other=0.0)
-        lse = tl.load(LSE + head * stride_ln + q_start + offs_m, mask=mask_m, other=float("inf"))
-        delta = tl.load(DELTA + head * stride_ln + q_start + offs_m, mask=mask_m, other=0.0)
+        q = load_rows(Q + head * stride_qn, q_start + offs_m, stride_qt, offs_d, qo_mask)
+        do = load_rows(DO + head * stride_don, q_start + offs_m, stride_dot, offs_d, qo_mask)
+        lse, delta = _row_stats(LSE, DELTA, head * stride_ln + q_start + offs_m, mask_m)
         k_base = K + k_start * stride_kt + head_k * stride_kn
         v_base = V + k_start * stride_vt + head_k * stride_vn
         dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         qk_scale = sm_scale * 1.4426950408889634
 
         diag = len_k - len_q
-        end_n = len_k
-        if CAUSAL:
-            end_n = tl.minimum(len_k, tl.maximum((pid_m + 1) * BLOCK_M + diag, 0))
-        for start_n in range(0, end_n, BLOCK_N):
+        for start_n in range(0, key_end(pid_m, len_k, diag, CAUSAL, BLOCK_M), BLOCK_N):
             cols = start_n + offs_n
-            mask_n = cols < len_k
-            kv_mask = mask_n[:, None] & mask_d[None, :]
-            k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
-            v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
+            k, v, mask_n = load_kv(k_base, v_base, cols, len_k, stride_kt, stride_vt, offs_d, mask_d)
 
-            s = dot(q, tl.trans(k), FP32_DOT) * qk_scale
-            p = tl.exp2(s - lse[:, None] * 1.4426950408889634)
             valid = mask_m[:, None] & mask_n[None, :]
             if CAUSAL:
                 valid = valid & (cols[None, :] <= offs_m[:, None] + diag)
-            p = tl.where(valid, p, 0.0)
+            p = recompute_p(q, k, lse, qk_scale, valid, FP32_DOT)
             dp = dot(do, tl.trans(v), FP32_DOT)
             ds = p * (dp - delta[:, None])
             dq += dot(ds.to(k.dtype), k, FP32_DOT)

@@ -42,6 +42,46 @@ def dot(a, b, FP32_DOT: tl.constexpr):
     return c
 
 
+@triton.jit
+def segment_bounds(CU_Q, CU_K, seg):
+    """(q_start, len_q, k_start, len_k) of attention segment `seg`."""
+    q_start = tl.load(CU_Q + seg)
+    k_start = tl.load(CU_K + seg)
+    return q_start, tl.load(CU_Q + seg + 1) - q_start, k_start, tl.load(CU_K + seg + 1) - k_start
+
+
+@triton.jit
+def load_rows(BASE, rows, stride_t, offs_d, mask):
+    """The [rows, D] tile at BASE (a head's first element) with row stride stride_t; 0 where masked."""
+    return tl.load(BASE + rows[:, None] * stride_t + offs_d[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def key_end(pid_m, len_k, diag, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
+    """One past the last key any row of q block pid_m sees: len_k, or less under bottom-right
+    causal alignment (query i sees key j iff j <= i + diag)."""
+    end = len_k
+    if CAUSAL:
+        end = tl.minimum(len_k, tl.maximum((pid_m + 1) * BLOCK_M + diag, 0))
+    return end
+
+
+@triton.jit
+def load_kv(k_base, v_base, cols, len_k, stride_kt, stride_vt, offs_d, mask_d):
+    """The k and v tiles of key columns `cols` (0 past len_k), and which columns are real."""
+    mask_n = cols < len_k
+    kv_mask = mask_n[:, None] & mask_d[None, :]
+    return load_rows(k_base, cols, stride_kt, offs_d, kv_mask), load_rows(v_base, cols, stride_vt, offs_d, kv_mask), mask_n
+
+
+@triton.jit
+def recompute_p(q, k, lse, qk_scale, valid, FP32_DOT: tl.constexpr):
+    """The softmax probabilities of a (q block, k block) pair from the forward's lse (backward)."""
+    s = dot(q, tl.trans(k), FP32_DOT) * qk_scale
+    p = tl.exp2(s - lse[:, None] * 1.4426950408889634)
+    return tl.where(valid, p, 0.0)
+
+
 def use_fp32_dot(kernel, dtype: torch.dtype) -> bool:
     interpreted = type(kernel).__name__ == "InterpretedFunction"
     return dtype == torch.float32 or (interpreted and dtype == torch.bfloat16)
@@ -63,10 +103,7 @@ def fwd_kernel(
     head = tl.program_id(2)
     head_k = head // group  # GQA: `group` q heads share one kv head
 
-    q_start = tl.load(CU_Q + seg)
-    len_q = tl.load(CU_Q + seg + 1) - q_start
-    k_start = tl.load(CU_K + seg)
-    len_k = tl.load(CU_K + seg + 1) - k_start
+    q_start, len_q, k_start, len_k = segment_bounds(CU_Q, CU_K, seg)
     # The grid covers max_seqlen_q; shorter segments leave idle programs.
     if pid_m * BLOCK_M < len_q:
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -75,8 +112,8 @@ def fwd_kernel(
         mask_m = offs_m < len_q
         mask_d = offs_d < headdim
 
-        q_ptrs = Q + (q_start + offs_m)[:, None] * stride_qt + head * stride_qn + offs_d[None, :]
-        q = tl.load(q_ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        qo_mask = mask_m[:, None] & mask_d[None, :]
+        q = load_rows(Q + head * stride_qn, q_start + offs_m, stride_qt, offs_d, qo_mask)
         k_base = K + k_start * stride_kt + head_k * stride_kn
         v_base = V + k_start * stride_vt + head_k * stride_vn
 
@@ -87,15 +124,9 @@ def fwd_kernel(
 
         # Bottom-right causal: query i sees key j iff j <= i + (len_k - len_q).
         diag = len_k - len_q
-        end_n = len_k
-        if CAUSAL:
-            end_n = tl.minimum(len_k, tl.maximum((pid_m + 1) * BLOCK_M + diag, 0))
-        for start_n in range(0, end_n, BLOCK_N):
+        for start_n in range(0, key_end(pid_m, len_k, diag, CAUSAL, BLOCK_M), BLOCK_N):
             cols = start_n + offs_n
-            mask_n = cols < len_k
-            kv_mask = mask_n[:, None] & mask_d[None, :]
-            k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
-            v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
+            k, v, mask_n = load_kv(k_base, v_base, cols, len_k, stride_kt, stride_vt, offs_d, mask_d)
 
             s = dot(q, tl.trans(k), FP32_DOT) * qk_scale
             valid = mask_n[None, :]
@@ -121,7 +152,7 @@ def fwd_kernel(
         lse = tl.where(empty, float("inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
 
         o_ptrs = O + (q_start + offs_m)[:, None] * stride_ot + head * stride_on + offs_d[None, :]
-        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=qo_mask)
         tl.store(LSE + head * stride_ln + q_start + offs_m, lse, mask=mask_m)
 
 
