@@ -4,7 +4,7 @@ Everything here is pure data work on CPU tensors; it imports neither model/ nor 
 """
 
 from .batch import PackedBatch, PatchedSample, pack
-from .budget import fit_budget, resize_video, sample_budget
+from .budget import fit_budget, fit_grids, resize_video, sample_budget
 from .config import PackerConfig
 from .drop import drop_tokens, keep_tokens, resolve_drop_rate
 from .errors import SampleError
@@ -12,6 +12,7 @@ from .fill import plan_packs_fill
 from .patchify import grid_coords, patch_grid, patchify, unpatchify
 from .plan import plan_packs
 from .prepare import prepare_sample
+from .sized import SizedPlan, plan_sized
 from .stream import PackerStats, StreamPacker, split_time
 
 __all__ = [
@@ -20,9 +21,11 @@ __all__ = [
     "PackerStats",
     "PatchedSample",
     "SampleError",
+    "SizedPlan",
     "StreamPacker",
     "drop_tokens",
     "fit_budget",
+    "fit_grids",
     "grid_coords",
     "keep_tokens",
     "pack",
@@ -30,6 +33,7 @@ __all__ = [
     "patchify",
     "plan_packs",
     "plan_packs_fill",
+    "plan_sized",
     "prepare_sample",
     "resize_video",
     "resolve_drop_rate",

@@ -36,6 +36,7 @@ __all__ = ["FIT_REASONS", "fit_budget", "fit_grids", "resize_video", "sample_bud
 
 # reason codes of fit_grids, in SampleError's vocabulary
 FIT_REASONS = ("", "empty", "too_small", "too_long")
+CHUNK = 2048  # samples per vectorised step: 2048 x 6 candidates x 8 bytes stay in L2
 
 
 def fit_grids(frames, height, width, *, patch, max_tokens, max_frames=None, time_trim: int = 3):
@@ -43,7 +44,8 @@ def fit_grids(frames, height, width, *, patch, max_tokens, max_frames=None, time
 
     Returns (grid [n, 3] int64 patch grid (T', H', W'), frames [n] int64 target frames,
     reason [n] int8: index into FIT_REASONS, 0 where the fit exists).
-    Cost: (time_trim + 1) x 8 candidate grids per sample, ~1 us a sample.
+    Cost: 6 candidate grids per sample that exceeds its budget, 6 more per trim tried on
+    clips of >= 4 temporal patches; about 0.2 us a sample.
     """
     pt, ph, pw = (int(p) for p in patch)
     t, h, w = np.broadcast_arrays(*(np.asarray(v, dtype=np.int64).reshape(-1) for v in (frames, height, width)))
@@ -56,20 +58,36 @@ def fit_grids(frames, height, width, *, patch, max_tokens, max_frames=None, time
     reason[gt_max > budget] = 3
     reason[(h < ph) | (w < pw)] = 2
     reason[np.minimum(np.minimum(t, h), w) < 1] = 1
-
-    gt_K = gt_max[:, None] - np.arange(int(time_trim) + 1)  # longest first: ties keep the longer clip
-    gt_K = np.where(4 * gt_K >= 3 * gt_max[:, None], gt_K, 0)
-    band = Band.of(np.maximum(h, 1), np.maximum(w, 1), ph, pw)
-    per_frame = np.where(gt_K > 0, budget[:, None] // np.maximum(gt_K, 1), 0)
-    gx, gy, cells = largest(band.expand(), per_frame)
-    tokens = np.where(cells > 0, gt_K * cells, -1)
-    k = tokens.argmax(axis=1)[:, None]
-    pick = lambda a: np.take_along_axis(a, k, axis=1)[:, 0]  # noqa: E731
-    gh, gw = band.hw(pick(gx), pick(gy))
-    gt = pick(gt_K)
     ok = reason == 0
-    grid = np.where(ok[:, None], np.stack([gt, gh, gw], axis=1), 0)
-    return grid, np.where(ok, np.where(image, 1, gt * pt), 0), reason
+    grid = np.zeros((len(t), 3), dtype=np.int64)
+    grid[:, 0], grid[:, 1], grid[:, 2] = gt_max, h // ph, w // pw  # the whole native clip, where it fits
+    search = np.flatnonzero(ok & (grid.prod(axis=1) > budget))
+    for a in range(0, search.size, CHUNK):  # chunks keep the candidate arrays in cache: ~5x faster
+        i = search[a : a + CHUNK]
+        grid[i] = _fit_search(Band.of(h[i], w[i], ph, pw), gt_max[i], budget[i], int(time_trim))
+    grid[~ok] = 0
+    return grid, np.where(ok, np.where(image, 1, grid[:, 0] * pt), 0), reason
+
+
+def _fit_search(band: Band, gt_max: np.ndarray, budget: np.ndarray, time_trim: int) -> np.ndarray:
+    """The most tokens over the full clip and up to time_trim trims (never below 3/4 of it)."""
+    gx, gy, cells = largest(band, budget // gt_max)
+    best, gt = gt_max * cells, gt_max.copy()
+    # clips of 4+ temporal patches (one fewer is within a quarter) not already at the budget
+    trim = np.flatnonzero((gt_max >= 4) & (best < budget)) if time_trim else np.zeros(0, dtype=np.int64)
+    if trim.size:
+        g_K = gt_max[trim, None] - np.arange(1, time_trim + 1)
+        g_K = np.where(4 * g_K >= 3 * gt_max[trim, None], g_K, 0)
+        tx, ty, tc = largest(band[trim].expand(), np.where(g_K > 0, budget[trim, None] // np.maximum(g_K, 1), 0))
+        tokens = np.where(tc > 0, g_K * tc, -1)
+        k = tokens.argmax(axis=1)[:, None]  # the longest of equals
+        t_best = np.take_along_axis(tokens, k, axis=1)[:, 0]
+        win = t_best > best[trim]  # a trim must buy tokens: ties keep the full clip
+        sel = trim[win]
+        gx[sel], gy[sel] = (np.take_along_axis(a, k, axis=1)[win, 0] for a in (tx, ty))
+        gt[sel] = np.take_along_axis(g_K, k, axis=1)[win, 0]
+    gh, gw = band.hw(gx, gy)
+    return np.stack([gt, gh, gw], axis=1)
 
 
 def fit_budget(
