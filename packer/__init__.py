@@ -4,7 +4,7 @@ Everything here is pure data work on CPU tensors; it imports neither model/ nor 
 """
 
 from .batch import PackedBatch, PatchedSample, pack
-from .budget import fit_budget, fit_grids, resize_video, sample_budget
+from .budget import fit_budget, fit_grids, resize_video, sample_budget, sampled_range
 from .config import PackerConfig
 from .drop import drop_tokens, keep_tokens, resolve_drop_rate
 from .errors import SampleError
@@ -14,6 +14,7 @@ from .plan import plan_packs
 from .prepare import prepare_sample
 from .sized import SizedPlan, plan_sized
 from .stream import PackerStats, StreamPacker, split_time
+from .unsized import UnsizedSample
 
 __all__ = [
     "PackedBatch",
@@ -23,6 +24,7 @@ __all__ = [
     "SampleError",
     "SizedPlan",
     "StreamPacker",
+    "UnsizedSample",
     "drop_tokens",
     "fit_budget",
     "fit_grids",
@@ -38,6 +40,7 @@ __all__ = [
     "resize_video",
     "resolve_drop_rate",
     "sample_budget",
+    "sampled_range",
     "split_time",
     "unpatchify",
 ]

@@ -31,7 +31,7 @@ from torch import Tensor
 from .errors import SampleError
 from .grids import Band, largest
 
-__all__ = ["FIT_REASONS", "fit_budget", "fit_grids", "resize_video", "sample_budget"]
+__all__ = ["FIT_REASONS", "fit_budget", "fit_grids", "resize_video", "sample_budget", "sampled_range"]
 
 
 # reason codes of fit_grids, in SampleError's vocabulary
@@ -130,6 +130,26 @@ def sample_budget(max_tokens: int, scale_range: tuple[float, float], *, generato
     lo, hi = scale_range
     s = lo + (hi - lo) * float(torch.rand((), generator=generator))
     return max(1, int(s * s * max_tokens))
+
+
+def sampled_range(scale, scale_range: tuple[float, float], max_tokens: int, min_scale: float):
+    """NaViT random resolution for plan_sized: (budget, cap, min_scale) of samples whose drawn
+    linear scale is `scale` (a float or an array).
+
+    The plain fit aims at budget = scale^2 * max_tokens; the planner may then move the scale
+    by a factor min_scale either way, down to min_scale * scale and up to scale / min_scale,
+    never outside scale_range: cap is the token count at the upper end, and the returned
+    min_scale is raised where min_scale * scale would fall below lo. Shrinking and growing
+    are both allowed so that the chosen scales stay distributed like the drawn ones.
+    """
+    lo, hi = scale_range
+    s = np.asarray(scale, dtype=np.float64)
+    budget = np.maximum(1, (s * s * max_tokens).astype(np.int64))
+    cap = np.maximum(budget, (np.minimum(hi, s / min_scale) ** 2 * max_tokens).astype(np.int64))
+    ms = np.minimum(1.0, np.maximum(min_scale, lo / s))
+    if s.ndim == 0:
+        return int(budget), int(cap), float(ms)
+    return budget, cap, ms
 
 
 def resize_video(video_CTHW: Tensor, size: tuple[int, int, int], *, patch: tuple[int, int, int]) -> Tensor:
