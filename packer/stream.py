@@ -282,7 +282,7 @@ class StreamPacker:
             raise ValueError(f"unsized sample {item.sample.key!r} has no load function and StreamPacker has no decode=")
         cfg = self.config
         try:
-            s = materialise(item, kept, patch=cfg.patch, max_frames=cfg.max_frames, time_trim=cfg.time_trim, decode=decode, generator=self._generator)
+            s = materialise(item, kept, patch=cfg.patch, decode=decode, generator=self._generator)
         except SampleError as e:
             self.stats._drop(e.reason)
             return None

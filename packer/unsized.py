@@ -32,6 +32,7 @@ from .batch import PatchedSample
 from .budget import resize_video
 from .drop import keep_tokens
 from .errors import SampleError
+from .grids import Band
 from .patchify import patch_grid, patchify
 from .prepare import check_video
 from .sized import SizeRanges, size_ranges
@@ -95,13 +96,24 @@ class SizingItem:
     lo: int = 0  # range in kept tokens (after the drop rate)
     pref: int = 0
     hi: int = 0
+    grids: list[int] = field(default_factory=list)  # fit, top, floor grids and gt_max, image: rebuilds the range
 
     def ranges(self, patch, max_frames, time_trim: int) -> SizeRanges:
         sizes = np.asarray([self.sample.size], dtype=np.int64)
         return size_ranges(sizes, patch=patch, max_tokens=self.cap, budgets=self.budget, max_frames=max_frames, min_scale=self.min_scale, time_trim=time_trim)
 
+    def rebuild(self, patch) -> SizeRanges:
+        """The range settle() saw, from the stored grids (no second fit search)."""
+        g = np.asarray(self.grids, dtype=np.int64)
+        fit, top, floor = g[0:3][None], g[3:6][None], g[6:9][None]
+        _, h, w = self.sample.size
+        one = lambda v: np.asarray([v], dtype=np.int64)  # noqa: E731
+        return SizeRanges(tuple(patch), Band.of(one(h), one(w), patch[1], patch[2]), np.asarray([bool(g[10])]), one(g[9]), one(self.cap),
+                          fit, top, floor, one(g[11]), fit.prod(axis=1), top.prod(axis=1))  # fmt: skip
+
     def settle(self, r: SizeRanges) -> None:
-        """Set the range in kept tokens from the grid-token range."""
+        """Set the range in kept tokens from the grid-token range; keep what rebuild() needs."""
+        self.grids = [*r.fit[0].tolist(), *r.top[0].tolist(), *r.floor[0].tolist(), int(r.gt_max[0]), int(r.image[0]), int(r.lo[0])]
         pref = int(r.pref[0])
         lo = max(int(r.lo[0]), min(pref, math.ceil(self.frac_lo * pref - 1e-9)))
         hi = min(int(r.hi[0]), max(pref, math.floor(self.frac_hi * pref + 1e-9))) if math.isfinite(self.frac_hi) else int(r.hi[0])
@@ -114,6 +126,7 @@ class SizingItem:
             "size": list(s.size), "key": s.key, "meta": s.meta, "payload": payload,
             "payload_is_bytes": isinstance(s.payload, (bytes, bytearray)),
             "numbers": [self.budget, self.cap, self.min_scale, self.rate, self.scale, self.frac_lo, self.frac_hi if math.isfinite(self.frac_hi) else -1.0, self.lo, self.pref, self.hi],
+            "grids": list(self.grids),
         }  # fmt: skip
 
     @classmethod
@@ -123,17 +136,17 @@ class SizingItem:
             payload = bytes(payload.numpy().tobytes())
         sample = UnsizedSample(tuple(int(v) for v in d["size"]), payload, d["key"], d["meta"])
         b, c, ms, rate, scale, f_lo, f_hi, lo, pref, hi = d["numbers"]
-        return cls(sample, int(b), int(c), float(ms), float(rate), float(scale), float(f_lo), math.inf if f_hi < 0 else float(f_hi), int(lo), int(pref), int(hi))
+        return cls(sample, int(b), int(c), float(ms), float(rate), float(scale), float(f_lo), math.inf if f_hi < 0 else float(f_hi), int(lo), int(pref), int(hi), [int(v) for v in d["grids"]])
 
 
-def materialise(item: SizingItem, kept: int, *, patch, max_frames, time_trim: int, decode: Decode, generator: torch.Generator) -> PatchedSample:
+def materialise(item: SizingItem, kept: int, *, patch, decode: Decode, generator: torch.Generator) -> PatchedSample:
     """Decode an item at its planned size, patchify, keep exactly `kept` tokens (at random).
 
     The target is the smallest grid whose tokens, after the item's drop rate, still hold
     `kept`; the tokens beyond are dropped with the rate's, in one random draw.
     Raises SampleError ("bad_size" and check_video's reasons, or the decoder's own).
     """
-    r = item.ranges(patch, max_frames, time_trim)
+    r = item.rebuild(patch)
     grid_tokens = r.pref if kept == item.pref else np.asarray([tokens_before_drop(kept, item.rate)])  # the fit, untouched
     grid, frames, _ = r.targets(grid_tokens)
     gt, gh, gw = (int(v) for v in grid[0])
