@@ -299,11 +299,14 @@ def plan_sized(
 
     r = size_ranges(sizes, patch=patch, max_tokens=cap, budgets=budgets, max_frames=max_frames, min_scale=scale, time_trim=time_trim)
     engine = BestFit(max_len, open_bins=buffer)
-    lo, pref, hi = r.lo.tolist(), r.pref.tolist(), r.hi.tolist()
-    order = range(n) if buffer is not None else np.argsort(-r.pref, kind="stable").tolist()
     add = engine.add_range
-    for i in order:
-        add(i, lo[i], pref[i], hi[i])
+    if buffer is not None:
+        for i, a, b, c in zip(range(n), r.lo.tolist(), r.pref.tolist(), r.hi.tolist()):
+            add(i, a, b, c)
+    else:
+        order = np.argsort(-r.pref, kind="stable")
+        for i, a, b, c in zip(order.tolist(), r.lo[order].tolist(), r.pref[order].tolist(), r.hi[order].tolist()):
+            add(i, a, b, c)
     rows = engine.flush()
     counts = r.pref.copy()
     if engine.shrunk:
