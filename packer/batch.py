@@ -237,21 +237,24 @@ def pack(
             crd_flat[start + used : start + l].zero_()
             seg_lengths.append(l - used)
             segment_sample.append(-1)
-    seg_flat.numpy()[:] = np.repeat(np.array(segment_sample, dtype=np.int32), seg_lengths)  # 3x faster than repeat_interleave
-
-    cu = torch.zeros(len(seg_lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.tensor(seg_lengths, dtype=torch.int64).cumsum(0)
+    seg_G = np.array(segment_sample, dtype=np.int64)
+    seg_flat.numpy()[:] = np.repeat(seg_G, seg_lengths)  # 3x faster than repeat_interleave
+    cu = np.zeros(len(seg_lengths) + 1, dtype=np.int32)
+    np.cumsum(seg_lengths, out=cu[1:])
+    # host-side metadata built in numpy and wrapped without copies: torch.tensor(list) costs
+    # tens of microseconds a call, a visible share of packing a few MiB
+    per_S = np.array([row_S, offset_S, [lengths[i] for i in order]], dtype=np.int64).reshape(3, -1)
     return PackedBatch(
         tokens=tokens_BLD,
         coords=coords_BL3,
         segment_ids=segment_ids_BL,
-        cu_seqlens=cu,
+        cu_seqlens=torch.from_numpy(cu),
         max_seqlen=max(seg_lengths),
-        segment_sample=torch.tensor(segment_sample, dtype=torch.int64),
-        grid=torch.tensor([samples[i].grid for i in order], dtype=torch.int64).reshape(-1, 3),
-        num_tokens=torch.tensor([lengths[i] for i in order], dtype=torch.int64),
-        row=torch.tensor(row_S, dtype=torch.int64),
-        offset=torch.tensor(offset_S, dtype=torch.int64),
+        segment_sample=torch.from_numpy(seg_G),
+        grid=torch.from_numpy(np.array([samples[i].grid for i in order], dtype=np.int64).reshape(-1, 3)),
+        num_tokens=torch.from_numpy(per_S[2]),
+        row=torch.from_numpy(per_S[0]),
+        offset=torch.from_numpy(per_S[1]),
         keys=[samples[i].key for i in order],
         meta=[samples[i].meta for i in order],
     )
