@@ -18,7 +18,10 @@ in the aspect band, grids.py), then `drops` = (its tokens - c) tokens dropped at
 after patchify. Rows come from best fit over those ranges (bins.BestFit.add_range): a
 sample whose range covers an open row's room closes that row exactly, at the size nearest
 its fit; otherwise it goes whole at its fit. Offline (buffer=None) samples arrive by
-decreasing fit; online (buffer=k) in order, with at most k open rows.
+decreasing fit. Online (buffer=k) at most k rows are open and at most k samples wait: the
+samples arrive in windows of k, each placed largest fit first (best fit decreasing over
+what is at hand; at L=4096 with budget L/2 that takes online fill from 98.3% to 99.4%,
+the offline value, see benchmarks/README.md).
 
 Cost: numpy for the sizes (about 8 candidate grids per sample and time step), one
 bisect per sample in the engine: O(n log n) offline, O(n log L) online.
@@ -260,7 +263,8 @@ def plan_sized(
     patch:      (pt, ph, pw)
     max_tokens: most tokens a sample's target may hold (<= max_len); an int or one per sample
     max_frames: at most this many leading frames (None: all); an int or one per sample
-    buffer:     None plans offline (by decreasing fit); k plans online with <= k open rows
+    buffer:     None plans offline (by decreasing fit); k plans online: windows of k samples
+                in arrival order, each largest fit first, with <= k open rows
     min_scale:  each target side (frames too) >= min_scale x the plain fit's, in (0, 1];
                 a float or one per sample
     budgets:    the budget each sample's plain fit aims at (default max_tokens); where it is
@@ -300,13 +304,10 @@ def plan_sized(
     r = size_ranges(sizes, patch=patch, max_tokens=cap, budgets=budgets, max_frames=max_frames, min_scale=scale, time_trim=time_trim)
     engine = BestFit(max_len, open_bins=buffer)
     add = engine.add_range
-    if buffer is not None:
-        for i, a, b, c in zip(range(n), r.lo.tolist(), r.pref.tolist(), r.hi.tolist()):
-            add(i, a, b, c)
-    else:
-        order = np.argsort(-r.pref, kind="stable")
-        for i, a, b, c in zip(order.tolist(), r.lo[order].tolist(), r.pref[order].tolist(), r.hi[order].tolist()):
-            add(i, a, b, c)
+    window = np.arange(n) // (buffer or n)  # one window offline
+    order = np.lexsort((-r.pref, window))  # by window, then largest fit first (stable)
+    for i, a, b, c in zip(order.tolist(), r.lo[order].tolist(), r.pref[order].tolist(), r.hi[order].tolist()):
+        add(i, a, b, c)
     rows = engine.flush()
     counts = r.pref.copy()
     if engine.shrunk:

@@ -7,7 +7,8 @@ Two kinds of input, mixed freely in one stream:
     fill_to_exact).
   * UnsizedSample (unsized.py): native (T, H, W) + encoded bytes, not yet decoded. With
     sizing="plan" (the default) its size is chosen with its row in mind: plan_sized's
-    range (sized.py) goes to best fit (bins.BestFit.add_range); with sizing="fit" it takes
+    range (sized.py) goes to best fit (bins.BestFit.add_range), in windows of `buffer`
+    samples placed largest first, exactly as plan_sized(..., buffer=k); with sizing="fit" it takes
     the plain budget fit and `policy` places it whole. Only when its row closes is it
     decoded, once, at the planned size (`decode(sample, (T', H', W'))`), patchified, and
     token-dropped to exactly its planned count (config.drop_rate plus the few tokens
@@ -178,6 +179,7 @@ class StreamPacker:
         )
         self._generator = torch.Generator().manual_seed(seed)
         self._held: dict[int, PatchedSample | SizingItem] = {}  # buffered samples by stream id
+        self._window: list[int] = []  # unsized samples waiting to be placed (sizing="plan"), <= buffer
         self._ready: deque[list[int]] = deque()  # closed rows waiting for a full batch
         self._next_id = 0
         self._feature: tuple[int, torch.dtype] | None = None  # (D, dtype) of the stream
@@ -221,6 +223,7 @@ class StreamPacker:
 
     def flush(self) -> list[PackedBatch]:
         """Close all open rows and return the remaining batches (the last one padded)."""
+        self._place_window()
         self._ready.extend(self._engine.flush())
         out = list(self._emit())
         if self._ready:
@@ -266,10 +269,24 @@ class StreamPacker:
         sid = self._next_id
         self._next_id += 1
         self._held[sid] = item
-        if plan:
-            self._engine.add_range(sid, item.lo, item.pref, item.hi)
-        else:
+        if not plan:
             self._engine.add(sid, item.pref)
+            self._collect()
+            return
+        self._window.append(sid)
+        if len(self._window) >= cfg.buffer:
+            self._place_window()
+
+    def _place_window(self) -> None:
+        """Place the waiting unsized samples, largest fit first (best fit decreasing over the window)."""
+        order = sorted(self._window, key=lambda sid: -self._held[sid].pref)  # stable: ties by arrival
+        self._window = []
+        for sid in order:
+            item = self._held[sid]
+            self._engine.add_range(sid, item.lo, item.pref, item.hi)
+        self._collect()
+
+    def _collect(self) -> None:
         if self._engine.closed:
             self._ready.extend(self._engine.closed)
             self._engine.closed.clear()
@@ -327,9 +344,7 @@ class StreamPacker:
         self._next_id += 1
         self._held[sid] = sample
         self._engine.add(sid, len(sample))
-        if self._engine.closed:
-            self._ready.extend(self._engine.closed)
-            self._engine.closed.clear()
+        self._collect()
 
     def _emit(self) -> Iterator[PackedBatch]:
         rows = self.config.rows
@@ -390,6 +405,7 @@ class StreamPacker:
             "engine": self._engine.state_dict(),
             "held": held,
             "ready": [list(b) for b in self._ready],
+            "window": list(self._window),
             "next_id": self._next_id,
             "feature": None if self._feature is None else (self._feature[0], str(self._feature[1]).removeprefix("torch.")),
             "stats": asdict(self.stats),
@@ -413,6 +429,7 @@ class StreamPacker:
             for sid, d in sd["held"].items()
         }
         self._ready = deque(list(b) for b in sd["ready"])
+        self._window = [int(sid) for sid in sd.get("window", [])]
         self._next_id = int(sd["next_id"])
         f = sd["feature"]
         self._feature = None if f is None else (int(f[0]), getattr(torch, f[1]))
