@@ -28,6 +28,9 @@ Metrics:
               end of the finite stream, are waste)
     L2 bound  the Martello-Toth L2 lower bound on rows for the plain fits, as a fill:
               no whole-sample packer, offline or online, fills more
+    fit/budget mean plain-fit tokens over the budget, for samples larger than their
+              budget: rows of such samples, k to a row at budget L/k, fill no more than
+              this, whatever the packer, since no sample may exceed its budget
     given up  share of plain-fit tokens not trained on: cropped or snapped away by
               bucketing, removed by fill-to-exact, or sized away by plan_sized
     shrunk    share of samples kept at fewer tokens than their plain fit
@@ -135,6 +138,7 @@ class Workload:
     budgets: np.ndarray  # [n] max_tokens of each sample
     max_frames: np.ndarray  # [n] budget // TOKENS_PER_FRAME
     lengths: list[int]  # tokens of the plain fit: what whole-sample packers place
+    fit_ratio: float  # mean plain-fit tokens / budget over samples larger than their budget
 
     @property
     def latents(self) -> list[tuple[int, int, int]]:
@@ -151,7 +155,11 @@ def make_workload(latents: np.ndarray, *, max_len: int, regime: str, seed: int) 
     max_frames = np.maximum(1, budgets // TOKENS_PER_FRAME)
     grid, _, reason = fit_grids(sizes[:, 0], sizes[:, 1], sizes[:, 2], patch=PATCH, max_tokens=budgets, max_frames=max_frames)
     assert not reason.any(), "every sample of the mix has a fit"
-    return Workload(max_len, regime, sizes, budgets, max_frames, grid.prod(axis=1).tolist())
+    t = np.minimum(sizes[:, 0], max_frames)
+    native = np.where(t == 1, 1, t // PATCH[0]) * (sizes[:, 1] // PATCH[1]) * (sizes[:, 2] // PATCH[2])
+    over = native > budgets
+    fit_ratio = float((grid.prod(axis=1)[over] / budgets[over]).mean()) if over.any() else 1.0
+    return Workload(max_len, regime, sizes, budgets, max_frames, grid.prod(axis=1).tolist(), fit_ratio)
 
 
 def l2_bound(lengths: list[int], max_len: int) -> float:
@@ -422,10 +430,11 @@ def _get(results: list[dict], max_len: int) -> dict:
     return {(r["regime"], r["method"]): r for r in results if r["max_len"] == max_len}
 
 
-def fill_table(results: list[dict], bounds: dict, max_len: int) -> str:
+def fill_table(results: list[dict], bounds: dict, ratios: dict, max_len: int) -> str:
     get = _get(results, max_len)
     rows = [[name, *(_pct(get[(g, name)]["fill"]) for g in REGIMES)] for name, _ in METHODS]
     rows.append(["L2 bound, whole samples", *(_pct(bounds[(max_len, g)]) for g in REGIMES)])
+    rows.append(["plain fit / budget (samples over budget)", *(_pct(ratios[(max_len, g)]) for g in REGIMES)])
     return markdown_table(["method", *REGIMES], rows)
 
 
@@ -518,11 +527,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     sizes = sample_native_sizes(n, seed=args.seed, config=MixConfig())
     latents = np.array([to_latent(s) for s in sizes], dtype=np.int64)
-    results, peaks, bounds = [], [], {}
+    results, peaks, bounds, ratios = [], [], {}, {}
     for max_len in args.max_lens:
         for regime in REGIMES:
             w = make_workload(latents, max_len=max_len, regime=regime, seed=args.seed + 1)
             bounds[(max_len, regime)] = l2_bound(w.lengths, max_len)
+            ratios[(max_len, regime)] = w.fit_ratio
             for name, fn in METHODS:
                 results.append(run_method(w, name, fn, repeats=repeats, materialise=regime == "L", seed=args.seed))
                 if regime == "L" and name in ("bfd buf=64", "sized buf=64"):
@@ -535,7 +545,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"machine: {machine_info()}")
     sections = []
     for max_len in args.max_lens:
-        sections.append(f"## L = {max_len}: fill (useful tokens / slots)\n\n{fill_table(results, bounds, max_len)}")
+        sections.append(f"## L = {max_len}: fill (useful tokens / slots)\n\n{fill_table(results, bounds, ratios, max_len)}")
         sections.append(f"## L = {max_len}: tokens given up (% of plain-fit tokens) / samples shrunk\n\n{given_up_table(results, max_len)}")
         sections.append(f"## L = {max_len}: speed (planning: median over regimes; pack: regime L, {PACK_ROWS} rows)\n\n{speed_table(results, max_len)}\n\n"
                         f"fit_grids alone (the plain fits, included in sized's time): {fit_per_s[max_len]:,.0f} samples/s")
@@ -563,6 +573,7 @@ def main(argv: list[str] | None = None) -> dict:
         "distribution": describe(sizes),
         "results": results,
         "l2_bounds": [{"max_len": m, "regime": g, "fill": b} for (m, g), b in bounds.items()],
+        "fit_ratios": [{"max_len": m, "regime": g, "fit_over_budget": r} for (m, g), r in ratios.items()],
         "peak_memory": peaks,
         "fit_grids_samples_per_s": {str(k): v for k, v in fit_per_s.items()},
         "resolution_sampling": ks,
