@@ -11,8 +11,8 @@ Policy (fit_budget), exact and joint in (T', H', W'):
     128 cells at typical budgets), and one frame fewer often lets both sides grow.
   * space: the grid with the most cells within the per-frame budget, never upsampled,
     keeping the aspect within one patch per side (the band of grids.py). Flooring each
-    side of the exactly scaled frame on its own, as this used to, lands ~7% under the
-    budget; the joint search lands ~1% under (benchmarks/README.md).
+    side of the exactly scaled frame on its own, as this used to, left rows ~7% empty;
+    the joint search lands within about a percent of the budget (benchmarks/README.md).
   * NaViT random resolution (sample_budget): draw a linear scale s ~ U(lo, hi) per
     sample and use s^2 * max_tokens as the budget (Dehghani et al. 2023, "Patch n' Pack",
     section 3.2 "variable resolution").

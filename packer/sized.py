@@ -20,16 +20,18 @@ sample whose range covers an open row's room closes that row exactly, at the siz
 its fit; otherwise it goes whole at its fit. Offline (buffer=None) samples arrive by
 decreasing fit. Online (buffer=k) at most k rows are open and at most k samples wait: the
 samples arrive in windows of k, each placed largest fit first (best fit decreasing over
-what is at hand; at L=4096 with budget L/2 that takes online fill from 98.3% to 99.4%,
-the offline value, see benchmarks/README.md).
+what is at hand, which brings online fill to the offline value; benchmarks/README.md).
 
-Cost: numpy for the sizes (about 8 candidate grids per sample and time step), one
-bisect per sample in the engine: O(n log n) offline, O(n log L) online.
+What it cannot do: rows whose samples all sit at their budget hold no more than the sum
+of their fits, since no target may exceed max_tokens; sizing fills the rows whole-sample
+packing cannot share (samples comparable to L), and the gaps small samples can close.
+
+Cost: numpy for the sizes (about 6 candidate grids per sample and time step), a sort,
+and one bisect per sample in the engine: O(n log n).
 """
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -316,7 +318,3 @@ def plan_sized(
     targets = list(zip(frames.tolist(), (grid[:, 1] * patch[1]).tolist(), (grid[:, 2] * patch[2]).tolist()))
     return SizedPlan(rows, targets, drops.tolist(), counts.tolist(), r.pref.tolist())
 
-
-def min_scale_tokens(fit_grid: tuple[int, int, int], min_scale: float) -> int:
-    """The product of the smallest sides min_scale allows: a lower bound on any target's tokens."""
-    return math.prod(max(1, math.ceil(min_scale * g - 1e-9)) for g in fit_grid)

@@ -153,7 +153,8 @@ class StreamPacker:
         packer = StreamPacker(PackerConfig(max_len=4096, rows=2), decode=decode)
         for batch in packer.pack(UnsizedSample((t, h, w), payload=mp4_bytes, key=k, meta=m)
                                  for t, h, w, mp4_bytes, k, m in records):
-            ...   # batch.meta[i]["sizing"]: native, target, tokens, fit_tokens, sizing_drop, scale
+            ...   # batch.meta[i]["sizing"]: native, target, tokens, fit_tokens, sizing_drop,
+                  # scale (drawn) and chosen_scale (with resolution_sampling; 1.0 without)
 
     `decode` may return a larger video (it is then resized down) and may raise
     SampleError(reason) to skip a sample: the row it was planned into keeps that gap.
