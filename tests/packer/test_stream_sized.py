@@ -238,3 +238,18 @@ def test_random_resolution_fills_rows_and_stays_close_to_the_requested_scales():
     assert sp.stats.fill > plain.stats.fill
     assert ks_uniform(chosen, 0.5, 1.0) < ks_uniform(drawn, 0.5, 1.0) + 0.08
     assert math.isfinite(sp.stats.given_up)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(sizing="magic"), r"sizing must be one of \('plan', 'fit'\), got 'magic'"),
+        (dict(min_scale=0.0), r"min_scale must be in \(0, 1\], got 0.0"),
+        (dict(min_scale=1.5), r"min_scale must be in \(0, 1\], got 1.5"),
+        (dict(time_trim=-1), r"time_trim must be an int >= 0, got -1"),
+        (dict(time_trim=1.5), r"time_trim must be an int >= 0, got 1.5"),
+    ],
+)
+def test_config_rejects_bad_sizing_fields(kw, match):
+    with pytest.raises(ValueError, match=match):
+        PackerConfig(**kw)
