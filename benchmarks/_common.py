@@ -35,6 +35,25 @@ def best_time(fn: Callable[[], object], *, repeats: int = 3, warmup: int = 1) ->
     return best
 
 
+def best_times_interleaved(fns: Sequence[Callable[[], object]], *, repeats: int = 5, warmup: int = 1) -> list[float]:
+    """Best wall time of each fn, the calls taken in turn (a, b, a, b, ...).
+
+    On a shared machine the load changes from second to second; interleaving exposes
+    every fn to the same load, so that their ratio, not their absolute speed, is what
+    a run can be trusted for.
+    """
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(max(repeats, 1)):
+        for k, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
 def machine_info() -> dict:
     """What the numbers were measured on."""
     return {

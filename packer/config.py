@@ -10,10 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PackerConfig", "POLICIES", "OVERSIZE"]
+__all__ = ["PackerConfig", "POLICIES", "OVERSIZE", "SIZING"]
 
 POLICIES = ("next_fit", "ffd", "bfd")
 OVERSIZE = ("error", "drop", "split_time", "downscale")
+SIZING = ("plan", "fit")
 
 # A per-sample token-drop rate: constant, a function of the (T', H', W') patch grid
 # (as NaViT / lucidrains na_vit take a function of (h, w)), or (lo, hi) for a rate
@@ -42,6 +43,12 @@ class PackerConfig:
     # the sample's token budget becomes s^2 * max_tokens_per_sample. None = off.
     resolution_sampling: tuple[float, float] | None = None
     check_finite: bool = True  # StreamPacker scans tokens for NaN/inf (one pass over N*D)
+    # Unsized samples (StreamPacker given UnsizedSample: native size known, decoded once planned):
+    # "plan" sizes each with its row in mind (plan_sized; needs policy "bfd"), "fit" takes the
+    # plain budget fit and places it whole with `policy` (sizes untouched by the packer).
+    sizing: str = "plan"
+    min_scale: float = 0.9  # "plan": each target side, frames too, >= min_scale x the plain fit's
+    time_trim: int = 3  # fit_budget may cut up to this many trailing temporal patches for more tokens
 
     def __post_init__(self) -> None:
         self.patch = tuple(int(p) for p in self.patch)  # type: ignore[assignment]
@@ -60,6 +67,12 @@ class PackerConfig:
                 raise ValueError(f"{name} must be None or >= 1, got {v}")
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.sizing not in SIZING:
+            raise ValueError(f"sizing must be one of {SIZING}, got {self.sizing!r}")
+        if isinstance(self.min_scale, bool) or not 0.0 < float(self.min_scale) <= 1.0:
+            raise ValueError(f"min_scale must be in (0, 1], got {self.min_scale!r}")
+        if isinstance(self.time_trim, bool) or not isinstance(self.time_trim, int) or self.time_trim < 0:
+            raise ValueError(f"time_trim must be an int >= 0, got {self.time_trim!r}")
         if self.oversize not in OVERSIZE:
             raise ValueError(f"oversize must be one of {OVERSIZE}, got {self.oversize!r}")
         if not 0.0 <= self.max_shrink < 1.0:

@@ -21,6 +21,7 @@ REASONS = {
     "too_small": "smaller than one patch",
     "too_long": "more temporal patches than the token budget",
     "oversize": "more tokens than max_len",
+    "bad_size": "an unsized sample's native size is not 3 ints, or its decoded video is smaller than planned",
 }
 
 

@@ -55,7 +55,7 @@ def prepare_sample(
     budget = config.token_budget
     if config.resolution_sampling is not None:
         budget = sample_budget(budget, config.resolution_sampling, generator=generator)
-    size = fit_budget(t, h, w, patch=config.patch, max_tokens=budget, max_frames=config.max_frames)
+    size = fit_budget(t, h, w, patch=config.patch, max_tokens=budget, max_frames=config.max_frames, time_trim=config.time_trim)
     video_CTHW = resize_video(video_CTHW, size, patch=config.patch)
     tokens_ND, coords_N3 = patchify(video_CTHW, config.patch)
     grid = patch_grid(*size, config.patch)
