@@ -1,15 +1,13 @@
-"""plan_packs_fill: fill-to-exact, the last few percent of fill (DESIGN.md).
+"""plan_packs_fill: fill-to-exact, for samples that are already patchified.
 
 Whole-sample packing stalls below full rows when samples are comparable to L. NaViT
 suggests sizing the last sample of a row to what remains; we do it at plan time: best
 fit as usual, but a sample that fits no open row, and would fit the roomiest one after
 losing at most max_shrink of its tokens (never below min_tokens), is assigned exactly
-that room, so the row closes full.
-
-Measured (online best fit, 256 open rows, L=4096, 1e5 samples, steady state):
-lengths U[L/16, L]: 98.9% -> 99.3% fill (0.7% of tokens shrunk); U[1, L/2]: 99.5% ->
-99.9%; U[L/2, L] (one sample per row): 75.0% -> 78.0%. What remains is the room of rows
-closed because the buffer overflowed, which only a sample within max_shrink of it fills.
+that room, so the row closes full. What it cannot fill is the room of rows closed
+because the buffer overflowed, unless a sample within max_shrink of it arrives. When
+native sizes are still known, `plan_sized` (sized.py) chooses whole sizes instead;
+benchmarks/README.md measures both.
 
 The returned target is applied by dropping that many extra tokens at random
 (StreamPacker does so), which keeps the aspect ratio and the coords exact. Stepping the
