@@ -30,7 +30,6 @@ Metrics:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -39,9 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common and distributions, run as a script
-
-from _common import (  # noqa: E402
+from patchpack.benchmarks.common import (
     base_parser,
     best_time,
     machine_info,
@@ -49,12 +46,11 @@ from _common import (  # noqa: E402
     pass_fail,
     save_figure,
     try_pyplot,
-    write_json,
+    write_results,
 )
-from distributions import MixConfig, sample_native_sizes, to_latent  # noqa: E402
-
-from patchpack.kernels import explain, varlen_attention  # noqa: E402
-from patchpack.packer import fit_budget, plan_packs  # noqa: E402
+from patchpack.benchmarks.distributions import MixConfig, sample_native_sizes, to_latent
+from patchpack.kernels import explain, varlen_attention
+from patchpack.packer import fit_budget, plan_packs
 
 HEADS, HEAD_DIM = 8, 64
 PATCH = (1, 2, 2)
@@ -361,10 +357,8 @@ def main(argv: list[str] | None = None) -> dict:
         "targets": [{"target": t, "measured": m, "result": r} for t, m, r in targets],
         "seconds": time.perf_counter() - t_start,
     }  # fmt: skip
-    write_json(args.out / "attention.json", payload)
-    (args.out / "attention.md").write_text(report + "\n")
     png = plot(results, max_lens, args.out / "attention.png")
-    print(f"\nwrote {args.out / 'attention.json'}, {args.out / 'attention.md'}" + (f", {png}" if png else "") + f" in {payload['seconds']:.1f} s")
+    write_results(args.out, "attention", payload, report, png)
     return payload
 
 

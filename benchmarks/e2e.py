@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,22 +58,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common and packing, run as a script
-
-from _common import (  # noqa: E402
+from patchpack.benchmarks import buckets
+from patchpack.benchmarks.common import (
     base_parser,
     machine_info,
     markdown_table,
     pass_fail,
     save_figure,
     try_pyplot,
-    write_json,
+    write_results,
 )
-from packing import BUCKET_ASPECTS, BUCKET_FRAMES, BUCKET_RESOLUTIONS  # noqa: E402
-
-from patchpack.model import DiT, dit_config, flow_loss  # noqa: E402
-from patchpack.model.text import build_text_encoder, drop_captions  # noqa: E402
-from patchpack.packer import (  # noqa: E402
+from patchpack.model import DiT, dit_config, flow_loss
+from patchpack.model.text import build_text_encoder, drop_captions
+from patchpack.packer import (
     PackerConfig,
     PatchedSample,
     pack,
@@ -83,10 +79,10 @@ from patchpack.packer import (  # noqa: E402
     plan_packs,
     prepare_sample,
 )
-from patchpack.packer.bins import make_engine  # noqa: E402
-from patchpack.train.data.media_decode import to_video_CTHW  # noqa: E402
-from patchpack.train.data.synth import make_sample  # noqa: E402
-from patchpack.train.loops.optim import adamw, warmup_cosine  # noqa: E402
+from patchpack.packer.bins import make_engine
+from patchpack.train.data.media_decode import to_video_CTHW
+from patchpack.train.data.synth import make_sample
+from patchpack.train.loops.optim import adamw, warmup_cosine
 
 PATCH = (1, 8, 8)  # pixel space: 3 x 8 x 8 = 192 features a token; a 64 px side is 8 tokens
 MAX_FRAMES = 8  # leading frames kept (1 s of the synth's 8 fps clips)
@@ -101,30 +97,15 @@ BATCHINGS = ("packed (bfd)", "pad-to-max", "buckets", "next_fit")
 # ---------------------------------------------------------------------------
 # Open-Sora-style buckets at the synthetic clips' scale (table: benchmarks/packing.py)
 # ---------------------------------------------------------------------------
-def bucket_grid(p: float, aspect_hw: float) -> tuple[int, int]:
-    """(rows, cols) of tokens of the bucket of area p x 16p/9 pixels at height/width aspect_hw."""
-    area = p * p * 16 / 9
-    return max(1, round(math.sqrt(area * aspect_hw) / PATCH[1])), max(1, round(math.sqrt(area / aspect_hw) / PATCH[2]))
-
-
 def assign_bucket(frames: int, height: int, width: int, *, budget: int) -> tuple[int, int, int] | None:
     """The (frames, rows, cols) bucket keeping the most tokens, never upscaling the area; None if none fits.
 
-    As packing.assign_bucket: nearest aspect, then the (resolution, frames) pair with the
-    most tokens within the budget (deterministic, kinder to buckets than a random choice).
+    buckets.assign_bucket at the synthetic clips' scale (RES_SCALE), in pixel-space patches.
     """
-    aspect = min(BUCKET_ASPECTS, key=lambda a: abs(math.log(a * width / height)))
-    native_area = (height // PATCH[1]) * (width // PATCH[2])
-    best, best_tokens = None, 0
-    for p in BUCKET_RESOLUTIONS:
-        rows, cols = bucket_grid(p * RES_SCALE, aspect)
-        if rows * cols > native_area:
-            break
-        for f in BUCKET_FRAMES:
-            tokens = f * rows * cols
-            if f <= min(frames, MAX_FRAMES) and tokens <= budget and tokens >= best_tokens:
-                best, best_tokens = (f, rows, cols), tokens
-    return best
+    (_, f, _), rows, cols, tokens = buckets.assign_bucket(
+        min(frames, MAX_FRAMES), height / width, (height // PATCH[1]) * (width // PATCH[2]), budget=budget,
+        grid_of=lambda p, a: buckets.bucket_grid(p * RES_SCALE, a, PATCH[1]))
+    return (f, rows, cols) if tokens else None
 
 
 def bucket_sample(video_CTHW: torch.Tensor, bucket: tuple[int, int, int], *, key: str,
@@ -529,10 +510,8 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": time.perf_counter() - t_start,
     }
     stem = "e2e" if budget == max_len else f"e2e_L{max_len}_budget{budget}"  # one regime never overwrites the other
-    write_json(args.out / f"{stem}.json", payload)
-    (args.out / f"{stem}.md").write_text(head + "\n\n" + report + "\n")
     png = plot(results, common, args.out / f"{stem}.png")
-    print(f"\nwrote {args.out / stem}.json, .md" + (f", {png}" if png else "") + f" in {payload['seconds']:.1f} s")
+    write_results(args.out, stem, payload, head + "\n\n" + report, png)
     return payload
 
 

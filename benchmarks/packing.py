@@ -50,8 +50,6 @@ Metrics:
 from __future__ import annotations
 
 import argparse
-import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,9 +59,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common and distributions, run as a script
-
-from _common import (  # noqa: E402
+from patchpack.benchmarks import buckets
+from patchpack.benchmarks.buckets import ASPECTS, RESOLUTIONS, bucket_grid
+from patchpack.benchmarks.common import (
     base_parser,
     best_time,
     best_times_interleaved,
@@ -73,11 +71,10 @@ from _common import (  # noqa: E402
     run_child_json,
     save_figure,
     try_pyplot,
-    write_json,
+    write_results,
 )
-from distributions import MixConfig, describe, sample_native_sizes, to_latent  # noqa: E402
-
-from patchpack.packer import (  # noqa: E402
+from patchpack.benchmarks.distributions import MixConfig, describe, sample_native_sizes, to_latent
+from patchpack.packer import (
     PackerConfig,
     PatchedSample,
     StreamPacker,
@@ -105,26 +102,9 @@ TARGETS = {"sized_fill": 0.999, "sized_given_up": 0.01, "sized_per_s": 1e6, "pac
 # ---------------------------------------------------------------------------
 # Open-Sora-style bucket table (after opensora/datasets/aspect.py and bucket.py)
 # ---------------------------------------------------------------------------
-# Open-Sora names resolutions by pixel area (p x 16p/9), keeps 17 aspect ratios per
-# resolution (height/width 0.38..2.08), and has a few frame-count buckets per
-# resolution (1 for images, then 51/102/204 pixel frames in 1.2). Each sample goes
-# to a (resolution, frames, aspect) bucket no larger than itself, is resized to cover
-# it and centre-cropped; a batch holds samples of one bucket only. Our table keeps the
-# resolutions and aspect ratios, uses finer power-of-two latent frame buckets, and
-# picks deterministically the bucket that keeps the most tokens within the budget:
-# that is kinder to bucketing than Open-Sora's random bucket choice.
-BUCKET_RESOLUTIONS = (144, 240, 360, 480, 720, 1080)
-BUCKET_FRAMES = (1, 4, 8, 16, 32, 64, 128)  # latent frames
-BUCKET_ASPECTS = (0.38, 0.43, 0.48, 0.50, 0.53, 0.54, 0.56, 0.62, 0.67, 0.75, 1.00, 1.33, 1.50, 1.78, 1.89, 2.00, 2.08)  # h/w
-
-
-def _bucket_patches(p: int, aspect_hw: float) -> tuple[int, int]:
-    """(rows, cols) of 16-pixel patches of the bucket of area p x 16p/9 at height/width aspect_hw."""
-    area = p * p * 16 / 9
-    return max(1, round(math.sqrt(area * aspect_hw) / 16)), max(1, round(math.sqrt(area / aspect_hw) / 16))
-
-
-BUCKETS = {(p, a): _bucket_patches(p, a) for p in BUCKET_RESOLUTIONS for a in BUCKET_ASPECTS}
+# Open-Sora-style buckets (buckets.py), on the latent grid: 16-pixel patches are a 2x2
+# patch of an 8x VAE's latent.
+BUCKETS = {(p, a): bucket_grid(p, a, 16) for p in RESOLUTIONS for a in ASPECTS}
 
 
 # ---------------------------------------------------------------------------
@@ -204,18 +184,9 @@ def pad_to_max(w: Workload) -> Plan:
 def assign_bucket(latent: tuple[int, int, int], budget: int) -> tuple[tuple[int, int, float], int]:
     """The (resolution, frames, aspect) bucket keeping the most tokens, and its token count (0: none fits)."""
     f, h, w = latent
-    aspect = min(BUCKET_ASPECTS, key=lambda a: abs(math.log(a * w / h)))
-    native_area = (h // PATCH[1]) * (w // PATCH[2])
-    best, best_tokens = (0, 0, aspect), 0
-    for p in BUCKET_RESOLUTIONS:
-        rows, cols = BUCKETS[p, aspect]
-        if rows * cols > native_area:
-            break  # never upscale
-        for frames in BUCKET_FRAMES:
-            tokens = frames * rows * cols
-            if frames <= f and tokens <= budget and tokens >= best_tokens:
-                best, best_tokens = (p, frames, aspect), tokens
-    return best, best_tokens
+    key, _, _, tokens = buckets.assign_bucket(f, h / w, (h // PATCH[1]) * (w // PATCH[2]), budget=budget,
+                                              grid_of=lambda p, a: BUCKETS[p, a])
+    return key, tokens
 
 
 def bucketing(w: Workload) -> Plan:
@@ -580,10 +551,8 @@ def main(argv: list[str] | None = None) -> dict:
         "targets": [{"target": t, "measured": m, "result": r} for t, m, r in targets],
         "seconds": time.perf_counter() - t_start,
     }  # fmt: skip
-    write_json(args.out / "packing.json", payload)
-    (args.out / "packing.md").write_text(report + "\n")
     png = plot(results, bounds, args.max_lens, args.out / "packing.png")
-    print(f"\nwrote {args.out / 'packing.json'}, {args.out / 'packing.md'}" + (f", {png}" if png else "") + f" in {payload['seconds']:.1f} s")
+    write_results(args.out, "packing", payload, report, png)
     return payload
 
 

@@ -12,21 +12,17 @@ compared with each other in the same run; 0 workers runs everything in this proc
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, run as a script
-
-from _common import base_parser, machine_info, markdown_table, write_json  # noqa: E402
-
-from patchpack.packer import PackerConfig  # noqa: E402
-from patchpack.train.data.config import DataConfig  # noqa: E402
-from patchpack.train.data.packed_stream import PackedStream  # noqa: E402
-from patchpack.train.data.synth import synth  # noqa: E402
+from patchpack.benchmarks.common import base_parser, machine_info, markdown_table, write_json
+from patchpack.packer import PackerConfig
+from patchpack.train.data.config import DataConfig
+from patchpack.train.data.packed_stream import PackedStream
+from patchpack.train.data.synth import synth
 
 
 def run(shards: Path, *, workers: int, data: DataConfig, packer: PackerConfig) -> dict:

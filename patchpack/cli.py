@@ -57,19 +57,10 @@ def _version_of(module: str) -> str:
 # --------------------------------------------------------------------------- bench
 
 
-def _benchmarks_dir() -> Path:
-    here = Path(__file__).resolve().parent.parent / "benchmarks"
-    if not here.is_dir():
-        raise UserError(f"benchmarks/ not found next to the package ({here}); run from a source checkout")
-    return here
-
-
 def cmd_bench(args: argparse.Namespace) -> None:
-    script = _benchmarks_dir() / f"{args.which}.py"
-    if not script.exists():
-        raise UserError(f"no benchmark named {args.which!r} (looked for {script})")
-    sys.argv = [str(script), *args.rest]
-    runpy.run_path(str(script), run_name="__main__")
+    """Run patchpack.benchmarks.<which> as a script (installed with the package)."""
+    sys.argv = [f"patchpack bench {args.which}", *args.rest]
+    runpy.run_module(f"patchpack.benchmarks.{args.which}", run_name="__main__", alter_sys=True)
 
 
 # --------------------------------------------------------------------------- data

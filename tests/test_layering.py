@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"packer": "patchpack.packer", "kernels": "patchpack.kernels", "model": "patchpack.model",
-            "train": "patchpack.train", "patchpack": "patchpack"}
+            "train": "patchpack.train", "benchmarks": "patchpack.benchmarks", "patchpack": "patchpack"}
 FORBIDDEN = {
     "patchpack.packer": ("patchpack.model", "patchpack.train", "patchpack.kernels"),
     "patchpack.kernels": ("patchpack.model", "patchpack.train", "patchpack.packer"),

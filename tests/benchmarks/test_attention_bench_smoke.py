@@ -1,23 +1,11 @@
 """Smoke run of benchmarks/attention.py on one tiny packed row: every method reports or says why not."""
 
-import importlib.util
+import importlib
 import json
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "attention.py"
-
-
-def _load_attention():
-    spec = importlib.util.spec_from_file_location("bench_attention", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_attention_benchmark_smoke(tmp_path):
-    attention = _load_attention()
+    attention = importlib.import_module("patchpack.benchmarks.attention")
     attention.main(["--max-lens", "256", "--samples", "200", "--repeats", "1", "--out", str(tmp_path)])
 
     payload = json.loads((tmp_path / "attention.json").read_text())

@@ -4,28 +4,16 @@ The --budget regime (rows longer than the largest sample) is checked on hand-mad
 synthesis or training: each batching's step layout, equal slots and the attention-pair count.
 """
 
-import importlib.util
+import importlib
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "e2e.py"
-
-
-def _load_e2e():
-    spec = importlib.util.spec_from_file_location("bench_e2e", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_e2e_benchmark_quick(tmp_path):
-    e2e = _load_e2e()
+    e2e = importlib.import_module("patchpack.benchmarks.e2e")
     e2e.main(["--quick", "--out", str(tmp_path)])  # 4 steps, evals at 0, 2, 4
 
     payload = json.loads((tmp_path / "e2e.json").read_text())
@@ -57,7 +45,7 @@ def _fake_clip(e2e, n: int, *, grid: tuple[int, int, int]):
 
 
 def test_e2e_budget_below_row_length():
-    e2e = _load_e2e()
+    e2e = importlib.import_module("patchpack.benchmarks.e2e")
     max_len, budget, rows = 512, 256, 2
     lengths = [256, 256, 100, 200, 256, 64, 256, 150, 256, 256, 30, 256]
     clips = [_fake_clip(e2e, n, grid=(1, 1, n)) for n in lengths]
@@ -77,6 +65,6 @@ def test_e2e_budget_below_row_length():
 
 @pytest.mark.parametrize("budget", ["768", "384"])
 def test_e2e_rejects_budget_not_dividing_the_step(budget, tmp_path):
-    e2e = _load_e2e()
+    e2e = importlib.import_module("patchpack.benchmarks.e2e")
     with pytest.raises(ValueError, match=f"budget={budget}"):
         e2e.main(["--quick", "--budget", budget, "--out", str(tmp_path)])  # L=512, 2 rows: 768 > L, 384 no divisor

@@ -1,23 +1,11 @@
 """Smoke run of benchmarks/packing.py at toy sizes: every method and regime reports, numbers are sane."""
 
-import importlib.util
+import importlib
 import json
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "packing.py"
-
-
-def _load_packing():
-    spec = importlib.util.spec_from_file_location("bench_packing", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_packing_benchmark_smoke(tmp_path):
-    packing = _load_packing()
+    packing = importlib.import_module("patchpack.benchmarks.packing")
     packing.main(["--samples", "60", "--max-lens", "512", "--repeats", "1", "--seed", "3", "--out", str(tmp_path)])
 
     payload = json.loads((tmp_path / "packing.json").read_text())

@@ -81,6 +81,14 @@ def write_json(path: Path, payload: dict) -> Path:
     return path
 
 
+def write_results(out: Path, stem: str, payload: dict, report: str, png: str | None = None) -> None:
+    """<stem>.json and <stem>.md in `out`, and one line saying what was written (png: made by the caller)."""
+    write_json(out / f"{stem}.json", payload)
+    (out / f"{stem}.md").write_text(report + "\n")
+    extra = f", {png}" if png else ""
+    print(f"\nwrote {out / stem}.json, {out / stem}.md{extra} in {payload['seconds']:.1f} s")
+
+
 def base_parser(doc: str, *, quick_help: str) -> argparse.ArgumentParser:
     """The arguments every benchmark takes: --quick, --out (default bench_results/), --seed."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
