@@ -4,12 +4,15 @@
                              [--budget N]
 
 The same model (tiny DiT + tiny text encoder, fp32, one torch thread, the "cpu"
-attention backend), the same initial weights and the same compute budget under four
+attention backend), the same initial weights and the same compute budget under five
 ways of batching the same stream of synthetic clips (`train.synth.make_sample`), each
 budget-resized to at most N tokens (--budget, default L: one clip may fill a row):
 
-    packed (bfd)   our packer: online best fit with 16 open rows of L; several samples per
-                   row, each sample its own attention segment
+    packed (sized) our default: StreamPacker with sizing="plan" (plan_sized): each clip's
+                   size chosen with its row from its native size, online, 16 open rows of L,
+                   decoded (here: resized from memory) once at that size
+    packed (bfd)   whole samples at their plain budget fit, online best fit with 16 open rows;
+                   several samples per row, each sample its own attention segment
     pad-to-max     one sample per row of N slots (the largest sample), padded to N; a step
                    holds B x L / N such rows
     buckets        Open-Sora-style: each clip resized to cover a (resolution, frames, aspect)
@@ -73,11 +76,14 @@ from patchpack.model.text import build_text_encoder, drop_captions
 from patchpack.packer import (
     PackerConfig,
     PatchedSample,
+    StreamPacker,
+    UnsizedSample,
     pack,
     patch_grid,
     patchify,
     plan_packs,
     prepare_sample,
+    resize_video,
 )
 from patchpack.packer.bins import make_engine
 from patchpack.train.data.media_decode import to_video_CTHW
@@ -91,7 +97,8 @@ RES_SCALE = 0.25  # Open-Sora's 144p..1080p classes x 1/4 = 36p..270p: the synth
 LR, WARMUP, GRAD_CLIP, CAPTION_DROPOUT = 1e-3, 5, 1.0, 0.1
 LOSS_TOL = 0.02  # "equal" loss: within 2%, since a few held-out clips give a noisy estimate
 TARGETS = {"vs_pad": 1.5, "vs_buckets": 1.2}
-BATCHINGS = ("packed (bfd)", "pad-to-max", "buckets", "next_fit")
+BATCHINGS = ("packed (sized)", "packed (bfd)", "pad-to-max", "buckets", "next_fit")
+PACKED = BATCHINGS[0]  # the batching the targets and ratios speak of: what training uses by default
 
 
 # ---------------------------------------------------------------------------
@@ -136,6 +143,7 @@ class Clip:
     fit: PatchedSample  # budget-resized (prepare_sample): what packers and pad-to-max train on
     bucket: PatchedSample | None  # bucket-cropped; None when no bucket fits (the clip is lost)
     cropped: float = 0.0  # tokens of the bucket-resized clip outside its centre crop
+    unsized: UnsizedSample | None = None  # native size + frames: what sized packing plans with
 
 
 def make_clip(rng: random.Random, gen: torch.Generator, *, cfg: PackerConfig, key: str) -> Clip:
@@ -145,10 +153,24 @@ def make_clip(rng: random.Random, gen: torch.Generator, *, cfg: PackerConfig, ke
     meta = {"caption": caption}
     fit = prepare_sample(video_CTHW, config=cfg, generator=gen, key=key, meta=meta)
     t, h, w = frames_THWC.shape[:3]
+    unsized = UnsizedSample((t, h, w), torch.from_numpy(np.ascontiguousarray(frames_THWC)), key=key, meta=meta)
     bucket = assign_bucket(t, h, w, budget=cfg.token_budget)
     if bucket is None:
-        return Clip(fit, None)
-    return Clip(fit, *bucket_sample(video_CTHW, bucket, key=key, meta=meta))
+        return Clip(fit, None, unsized=unsized)
+    return Clip(fit, *bucket_sample(video_CTHW, bucket, key=key, meta=meta), unsized=unsized)
+
+
+def decode_frames(sample: UnsizedSample, size: tuple[int, int, int]) -> torch.Tensor:
+    """The sized packer's decode: the clip's frames at the planned (T, H, W) (here from memory)."""
+    video = to_video_CTHW(sample.payload.numpy())
+    return resize_video(video, size, patch=PATCH)
+
+
+def batch_samples(batch) -> list[PatchedSample]:
+    """A packed batch back into its samples (sized packing decides tokens as it packs)."""
+    tokens, coords = batch.split(batch.tokens), batch.split(batch.coords)
+    return [PatchedSample(t, c, tuple(g), k, m) for t, c, g, k, m in
+            zip(tokens, coords, batch.grid.tolist(), batch.keys, batch.meta, strict=True)]
 
 
 class RowFormer:
@@ -166,11 +188,22 @@ class RowFormer:
         self.engine = {"packed (bfd)": lambda: make_engine("bfd", max_len, open_bins=BUFFER),
                        "next_fit": lambda: make_engine("next_fit", max_len)}.get(name, lambda: None)()
         self.open_buckets: dict[tuple, list[int]] = {}
+        self.sized: StreamPacker | None = None
+        self.sized_rows: list[list[PatchedSample]] = []  # sized packing: the materialised rows
+        if name == "packed (sized)":
+            cfg = PackerConfig(patch=PATCH, max_len=max_len, rows=1, max_frames=MAX_FRAMES,
+                               max_tokens_per_sample=budget, buffer=BUFFER, sizing="plan")
+            self.sized = StreamPacker(cfg, decode=decode_frames)
 
     def sample(self, clip: Clip) -> PatchedSample | None:
         return clip.bucket if self.name == "buckets" else clip.fit
 
     def add(self, i: int, clip: Clip) -> None:
+        if self.sized is not None:  # sizes chosen with the row, decoded when the row closes
+            for batch in self.sized.pack([clip.unsized]):
+                self.sized_rows.append(batch_samples(batch))
+                self.rows.append(list(range(batch.num_samples)))
+            return
         s = self.sample(clip)
         if s is None:
             return  # no bucket: lost
@@ -217,7 +250,10 @@ def step_batch(clips: list[Clip], former: RowFormer, step: int, rows: int):
     """
     n = rows_per_step(former, rows)
     bins = former.rows[step * n : (step + 1) * n]
-    samples = [former.sample(clips[i]) for b in bins for i in b]
+    if former.sized is not None:
+        samples = [s for r in range(step * n, (step + 1) * n) for s in former.sized_rows[r]]
+    else:
+        samples = [former.sample(clips[i]) for b in bins for i in b]
     local, k = [], 0
     for b in bins:
         local.append(list(range(k, k + len(b))))
@@ -377,7 +413,7 @@ def add_equal_token_loss(results: list[dict]) -> int:
 
 
 def evaluate_targets(get: dict[str, dict]) -> list[list[str]]:
-    p = get["packed (bfd)"]
+    p = get[PACKED]
     out = []
     for base, key, label in (("pad-to-max", "vs_pad", "pad-to-max"), ("buckets", "vs_buckets", "buckets")):
         b = get[base]
@@ -391,7 +427,7 @@ def evaluate_targets(get: dict[str, dict]) -> list[list[str]]:
 
 def results_table(results: list[dict], common: int) -> str:
     get = {r["batching"]: r for r in results}
-    p = get["packed (bfd)"]
+    p = get[PACKED]
     rows = []
     for r in results:
         rows.append([
@@ -411,7 +447,8 @@ def plot(results: list[dict], common: int, path: Path) -> Path | None:
     plt = try_pyplot()
     if plt is None:
         return None
-    colours = {"packed (bfd)": "#36c", "pad-to-max": "#999", "buckets": "#c84", "next_fit": "#4a7"}
+    colours = {"packed (sized)": "#13a", "packed (bfd)": "#6af", "pad-to-max": "#999", "buckets": "#c84",
+               "next_fit": "#4a7"}
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.2))
     names = [r["batching"] for r in results]
     vals = [r["useful_tokens_per_s"] for r in results]
@@ -473,7 +510,7 @@ def main(argv: list[str] | None = None) -> dict:
     common = add_equal_token_loss(results)
     get = {r["batching"]: r for r in results}
     targets = evaluate_targets(get)
-    p = get["packed (bfd)"]
+    p = get[PACKED]
     ratios = {f"packed/{n}": p["useful_tokens_per_s"] / get[n]["useful_tokens_per_s"] for n in BATCHINGS[1:]}
     n_params = sum(x.numel() for x in runs[0].params.parameters())
     head = (f"# end-to-end benchmark: {steps} steps x {args.rows} rows x L={max_len} slots per batching, "
