@@ -61,7 +61,9 @@ def test_demo_quick_runs_every_stage(demo_dir):
     summary = json.loads((demo_dir / "summary.json").read_text())
     assert summary["steps"] == 4 and 0 < summary["fill"] <= 1 and summary["useful_tokens_per_s"] > 0
     manifest = json.loads((demo_dir / "samples" / "manifest.json").read_text())
-    assert len(manifest["items"]) == 2 * 5  # 2 prompts x 5 demo sizes
+    assert len(manifest["items"]) == 2 * 5 + 2 * 6  # 2 prompts x 5 demo sizes, 2 subjects x 6 prompted requests
+    modes = {i["condition"]["mode"] for i in manifest["items"] if "condition" in i}
+    assert modes == {"image", "extend", "extend backward"} and "image-to-video" in summary["continuation"]
     assert {i["tag"].split(":")[0] for i in manifest["items"]} >= {"trained size", "unseen duration"}
     assert (demo_dir / "samples" / "index.html").is_file() and (demo_dir / "samples" / "contact_sheet.png").is_file()
     assert set(summary["eval"]) and (demo_dir / "loss_curve.png").is_file()

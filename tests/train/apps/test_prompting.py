@@ -146,3 +146,15 @@ def test_latent_given_frames_are_encoded_as_the_clip_holds_them(tmp_path):
     assert P.patch_frames(run, 9) == [range(0, 1), range(1, 3), range(3, 5), range(5, 7), range(7, 9)]
     back = model_condition(run, P.extend(run, Request(cap, 0, 8, 8), clip[:4], 5, backward=True).condition)
     assert back.given.tolist() == [False, False, False, True, True]  # frames 5..8 = latent frames 3, 4
+
+
+def test_the_demo_row_prompts_every_mode_and_measures_it_against_a_baseline(run):
+    from patchpack.train.apps.prompted_row import MODES, format_continuation, prompted_row
+
+    row = prompted_row(run, side=16, frames=4, subjects=2, steps=1, cfg_scale=2.0, seed=0)
+    assert len(row.reqs) == len(row.videos) == len(row.notes) == 12
+    assert [r.frames for r in row.reqs[:6]] == [4, 4, 8, 4, 4, 8]
+    for mode in MODES:
+        assert row.report[mode]["items"] == 2 and row.report[f"{mode} (text-only baseline)"]["items"] == 2
+    table = format_continuation(row.report)
+    assert table.splitlines()[0].split()[:2] == ["mode", "items"] and len(table.splitlines()) == 1 + 2 * len(MODES)
