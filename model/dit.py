@@ -6,7 +6,7 @@ Borrowed math and layout:
   * PixArt-alpha (arXiv:2310.00426): cross-attention to caption tokens inside each block.
   * NaViT (arXiv:2307.06304): many variable-size samples packed into fixed [B, L] rows.
 
-Packing changes three things against DiT:
+Packing changes four things against DiT:
   * conditioning is per *sample*, not per row: adaLN modulation is computed once per
     sample (S rows, cheap) and gathered to tokens by `segment_ids`; padding tokens
     (segment -1) get zero modulation, so their gates are 0 and they stay finite;
