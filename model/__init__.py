@@ -8,6 +8,13 @@ text encoders (model/text) and video VAE (model/vae) it works with.
 from .autoencoder import Autoencoder, IdentityAutoencoder
 from .build import Models, build_models
 from .checkpoint import load_dit, save_dit
+from .conditioning import (
+    Condition,
+    ConditioningConfig,
+    condition_batch,
+    given_patches,
+    hold_first_frame,
+)
 from .config import DiT_configs, DiTConfig, dit_config
 from .dit import DiT
 from .flow import (
@@ -26,6 +33,8 @@ from .sampler import check_grid, generate
 
 __all__ = [
     "Autoencoder",
+    "Condition",
+    "ConditioningConfig",
     "DiT",
     "DiTConfig",
     "DiT_configs",
@@ -37,9 +46,12 @@ __all__ = [
     "apply_rope",
     "build_models",
     "check_grid",
+    "condition_batch",
     "dit_config",
     "flow_loss",
     "generate",
+    "given_patches",
+    "hold_first_frame",
     "interpolate",
     "load_dit",
     "resolution_shift",

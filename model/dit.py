@@ -6,10 +6,15 @@ Borrowed math and layout:
   * PixArt-alpha (arXiv:2310.00426): cross-attention to caption tokens inside each block.
   * NaViT (arXiv:2307.06304): many variable-size samples packed into fixed [B, L] rows.
 
-Packing changes three things against DiT:
+Packing changes four things against DiT:
   * conditioning is per *sample*, not per row: adaLN modulation is computed once per
     sample (S rows, cheap) and gathered to tokens by `segment_ids`; padding tokens
     (segment -1) get zero modulation, so their gates are 0 and they stay finite;
+  * a timestep per token, in effect: tokens a sample is given as a condition (`batch.given`,
+    clean frames) see t = 0 and the rest their sample's t. The modulation is then computed
+    for 2S rows, (sample, generated) and (sample, given), and gathered by
+    `batch.condition_index()`: the same N x 6D gather as without conditions, plus S rows
+    through each adaLN linear (Open-Sora sets a given frame's t to 0; here inside a pack);
   * attention is varlen (patchpack.kernels.varlen_attention) over `cu_seqlens`, so no
     token reads another sample; cross-attention reads each sample's own caption
     through `batch.cross_cu_seqlens(text_lengths)`; padding segments read no keys;
@@ -162,8 +167,8 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dim)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: Tensor, c: Tensor, y: Tensor, segment_ids: Tensor, layout: AttnLayout) -> Tensor:
-        mod = per_token(self.adaLN_modulation(c), segment_ids)  # (S, 6D) -> (N, 6D)
+    def forward(self, x: Tensor, c: Tensor, y: Tensor, cond_index: Tensor, layout: AttnLayout) -> Tensor:
+        mod = per_token(self.adaLN_modulation(c), cond_index)  # (S or 2S, 6D) -> (N, 6D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
         x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), layout)  # (N, D)
         x = x + self.cross(self.norm_cross(x), y, layout)  # (N, D)
@@ -178,8 +183,8 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(dim, patch_dim)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
-    def forward(self, x: Tensor, c: Tensor, segment_ids: Tensor) -> Tensor:
-        shift, scale = per_token(self.adaLN_modulation(c), segment_ids).chunk(2, dim=-1)  # (N, D) each
+    def forward(self, x: Tensor, c: Tensor, cond_index: Tensor) -> Tensor:
+        shift, scale = per_token(self.adaLN_modulation(c), cond_index).chunk(2, dim=-1)  # (N, D) each
         return self.linear(modulate(self.norm_final(x), shift, scale))  # (N, patch_dim)
 
 
@@ -236,6 +241,8 @@ class DiT(nn.Module):
                 f"batch tokens have {batch.tokens.shape[-1]} features, model expects "
                 f"patch_dim={cfg.patch_dim} (in_channels={cfg.in_channels}, patch={cfg.patch})"
             )
+        if batch.given is not None and tuple(batch.given.shape) != tuple(batch.shape):
+            raise ValueError(f"batch.given must be [B, L] = {list(batch.shape)}, got {tuple(batch.given.shape)}")
         if tuple(t_S.shape) != (s,):
             raise ValueError(f"t_S must be [S]=[{s}] (one timestep per sample), got {tuple(t_S.shape)}")
         if tuple(text_lengths.shape) != (s,):
@@ -249,7 +256,8 @@ class DiT(nn.Module):
     def forward(self, batch: PackedBatch, t_S: Tensor, text_tokens: Tensor, text_lengths: Tensor) -> Tensor:
         """
         batch: PackedBatch with tokens [B, L, patch_dim] (noisy x_t), S samples
-        t_S: [S] flow time of each sample in [0, 1] (1 = pure noise, model/flow.py)
+        t_S: [S] flow time of each sample in [0, 1] (1 = pure noise, model/flow.py); tokens in
+            `batch.given` (if any) are clean conditions and see t = 0 instead
         text_tokens: [U, text_dim] caption tokens of the S samples back to back, in batch order
         text_lengths: [S] int, caption tokens per sample
         returns: velocity [B, L, patch_dim]; rows at padding are meaningless (finite)
@@ -265,9 +273,14 @@ class DiT(nn.Module):
         )
         x = self.x_embedder(batch.tokens.reshape(b * l, -1))  # (N, D)
         y = self.y_embedder(text_tokens)  # (U, D)
-        pooled = segment_mean(text_tokens, text_lengths)  # (S, text_dim)
-        c = self.t_embedder(t_S) + self.pool_embedder(pooled)  # (S, D): one condition per sample
+        pooled = self.pool_embedder(segment_mean(text_tokens, text_lengths))  # (S, D)
+        if batch.given is None:
+            c = self.t_embedder(t_S) + pooled  # (S, D): one condition per sample
+        else:  # rows s: the sample's t, rows S + s: t = 0 for its given tokens
+            t_2S = torch.cat([t_S, torch.zeros_like(t_S)])
+            c = self.t_embedder(t_2S) + pooled.repeat(2, 1)  # (2S, D)
+        index = batch.condition_index()  # (N,) rows of c; -1 on padding
         for block in self.blocks:
-            x = block(x, c, y, seg, layout)  # (N, D)
-        x = self.final_layer(x, c, seg)  # (N, patch_dim)
+            x = block(x, c, y, index, layout)  # (N, D)
+        x = self.final_layer(x, c, index)  # (N, patch_dim)
         return x.reshape(b, l, -1)  # (B, L, patch_dim)

@@ -22,6 +22,10 @@ batch computes when every sample has the same size. The price: a small image wei
 little next to a long video; rebalance with the data mix (or token budgets), not the loss.
 Per-sample losses are returned too for logging.
 
+Conditions (batch.given, model/conditioning.py): a given token enters clean (x_t = x0, its
+t is 0 inside the DiT) and its error is not counted: the loss is the mean over generated
+tokens only, so a clip with its first frame given teaches the rest of the clip.
+
 Prediction (DiTConfig.prediction): the network outputs either v directly, or x̂0, the clean
 tokens, turned into v = (x_t - x̂0) / t ("x-prediction, v-loss", JiT: Li & He, arXiv:2511.13720).
 The loss stays the velocity MSE either way; only what the last layer has to produce changes.
@@ -112,7 +116,7 @@ def to_velocity(out: Tensor, x_t: Tensor, t: Tensor, *, prediction: str, t_min: 
 
 class FlowLoss(NamedTuple):
     loss: Tensor  # scalar: mean over valid tokens (per-token weighting)
-    loss_S: Tensor  # [S] per-sample mean, detached, for logging
+    loss_S: Tensor  # [S] per-sample mean over generated tokens, detached, for logging
     t_S: Tensor  # [S] the timesteps used
 
 
@@ -130,6 +134,7 @@ def flow_loss(
 
     generator: draws t (if t_S is None) and the noise; keep it on the batch's device.
     t_S: fix the timesteps (tests, evaluation at chosen t) instead of sampling them.
+    batch.given (optional [B, L] bool): given tokens stay clean and are left out of the loss.
     """
     config = config or FlowConfig()
     x0 = batch.tokens  # (B, L, D)
@@ -140,6 +145,10 @@ def flow_loss(
     valid = batch.valid.to(device)  # (B, L)
     noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype) * valid[..., None]
     t_tok = batch.per_token(t_S).reshape(*valid.shape, 1)  # (B, L, 1)
+    if batch.given is not None:  # given tokens: t = 0, so x_t = x0 and they count for nothing
+        given = batch.given.to(device)
+        t_tok = torch.where(given[..., None], torch.zeros_like(t_tok), t_tok)
+        valid = valid & ~given
     x_t = interpolate(x0, noise, t_tok.to(x0.dtype))  # (B, L, D); padding stays 0
     out = model(batch.with_tokens(x_t), t_S, text_tokens, text_lengths)  # (B, L, D)
     v_pred = to_velocity(out, x_t, t_tok.to(x_t.dtype), prediction=_prediction(model))  # (B, L, D)
@@ -148,6 +157,8 @@ def flow_loss(
     loss = err.sum() / valid.sum().clamp(min=1)
     with torch.no_grad():
         loss_S = batch.segment_mean(err.detach())
+        if batch.given is not None:  # the mean over each sample's generated tokens
+            loss_S = loss_S / batch.segment_mean(valid.float()).clamp(min=1e-12)
     return FlowLoss(loss, loss_S, t_S)
 
 

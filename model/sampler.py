@@ -11,6 +11,15 @@ model/flow.py, the same resolution shift the model was trained with, and
     x_{k+1} = x_k + (t_{k+1} - t_k) * v(x_k, t_k)       (t goes 1 -> 0)
 Request i draws its noise from a generator seeded `seed + i`, so its video does not depend
 on which other requests were packed with it (the DiT is pack-invariant).
+
+Conditions (model/conditioning.py `Condition`, one per request or None), in the same pass:
+  * given frames: their tokens start clean, are marked given in the packed batch (the DiT
+    sees t = 0 for them) and are written back after every Euler step, so they come out as
+    they went in. Both halves of CFG see them: the unconditional half drops the caption,
+    not the frames, so guidance pushes towards the caption while the frames hold both.
+  * SDEdit (`strength` s): the request's schedule runs from t = s to 0, the same steps and
+    the same resolution shift spread over [0, s] (u_k = u(s) (1 - k / steps), t_k = shift(u_k)),
+    starting from its video noised to t = s. s = 1 is plain generation, s = 0 returns the input.
 """
 
 from __future__ import annotations
@@ -22,10 +31,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from patchpack.packer import PatchedSample, grid_coords, pack, plan_packs, unpatchify
+from patchpack.packer import PatchedSample, grid_coords, pack, patchify, plan_packs, unpatchify
 
 from .autoencoder import Autoencoder, IdentityAutoencoder
-from .flow import FlowConfig, resolution_shift, shift_time, to_velocity
+from .conditioning import Condition, given_patches
+from .flow import FlowConfig, interpolate, resolution_shift, shift_time, to_velocity
 
 __all__ = ["check_grid", "generate"]
 
@@ -70,6 +80,7 @@ def generate(
     max_len: int | None = None,
     rows: int | None = None,
     on_step: Callable[[int], None] | None = None,
+    conditions: Sequence[Condition | None] | None = None,
 ) -> list[Tensor]:
     """Sample one video per (prompt, grid); returns [C, T, H, W] tensors (images: T = 1).
 
@@ -80,6 +91,8 @@ def generate(
     max_len: packed row length L (default: the largest request, so everything fits).
     rows: rows per packed forward (default: all rows, one forward per step).
     on_step: called with k + 1 after Euler step k (e.g. a progress bar's update).
+    conditions: per request a Condition (given frames, SDEdit strength; in the grid's units)
+        or None; requests with and without conditions pack together.
     """
     cfg = model.config
     patch = tuple(cfg.patch if patch is None else patch)
@@ -102,16 +115,33 @@ def generate(
     device = next(model.parameters()).device
     flow = flow or FlowConfig()
     r = len(prompts)
+    conditions = [None] * r if conditions is None else list(conditions)
+    if len(conditions) != r:
+        raise ValueError(f"need one condition (or None) per prompt: {len(conditions)} for {r} prompts")
+    clean, given = zip(*(_condition_tokens(i, c, g, pg, patch, channels, cfg.patch_dim)
+                         for i, (c, g, pg) in enumerate(zip(conditions, grids, pgrids))))
 
     # Noise per request, drawn as tokens rather than patchified from a noise video: an image
     # with pt > 1 is pt copies of one frame, and its noise must still be iid per feature.
-    # Then each request's shifted schedule [R, steps+1].
+    # Then each request's shifted schedule [R, steps+1], from its SDEdit strength (1 without).
     x = [
         torch.randn(n, cfg.patch_dim, generator=torch.Generator().manual_seed(seed + i)).to(device)
         for i, n in enumerate(sizes)
     ]
     shift_R = resolution_shift(torch.tensor(pgrids), config=flow)
-    sched = shift_time(torch.linspace(1.0, 0.0, steps + 1)[None], shift_R[:, None])  # (R, steps+1)
+    start_R = torch.tensor([1.0 if c is None or c.strength is None else float(c.strength) for c in conditions])
+    # u(s), the inverse of shift_time; exactly 1 (the plain schedule, bitwise) without a strength
+    u_start = torch.where(start_R < 1, start_R / (shift_R - (shift_R - 1) * start_R), torch.ones_like(start_R))
+    sched = shift_time(u_start[:, None] * torch.linspace(1.0, 0.0, steps + 1)[None], shift_R[:, None])  # (R, steps+1)
+    sched[:, 0] = start_R  # exactly the strength (the inverse is exact only up to rounding)
+    for i, (x0, g) in enumerate(zip(clean, given)):
+        if x0 is None:
+            continue
+        x0 = x0.to(device)
+        if start_R[i] < 1:
+            x[i] = interpolate(x0, x[i], float(start_R[i]))
+        if g is not None:
+            x[i] = torch.where(g.to(device)[:, None], x0, x[i])
 
     # Entries: (request, caption) pairs; caption r is the null caption.
     guided = cfg_scale != 1.0
@@ -121,7 +151,7 @@ def generate(
     try:
         text_tokens, text_lengths = text_encoder(prompts + [""])
         captions = list(text_tokens.to(device).split(text_lengths.tolist()))
-        batches = _plan_batches(entries, x, pgrids, captions, max_len=max_len, rows=rows, device=device)
+        batches = _plan_batches(entries, x, pgrids, given, captions, max_len=max_len, rows=rows, device=device)
         for k in range(steps):
             v_cond, v_uncond = [None] * r, [None] * r
             for batch, order, text, lengths in batches:
@@ -133,8 +163,13 @@ def generate(
                     v_s = to_velocity(v_s, x[i], sched[i, k].to(device), prediction=cfg.prediction, t_min=0.0)
                     (v_cond if cap == i else v_uncond)[i] = v_s
             for i in range(r):
+                dt = float(sched[i, k + 1] - sched[i, k])
+                if dt == 0.0:  # strength 0: nothing to integrate (and x-prediction's v is 0/0 at t = 0)
+                    continue
                 v = v_uncond[i] + cfg_scale * (v_cond[i] - v_uncond[i]) if guided else v_cond[i]
-                x[i] = x[i] + float(sched[i, k + 1] - sched[i, k]) * v
+                x[i] = x[i] + dt * v
+                if given[i] is not None:  # given tokens are written back as given
+                    x[i] = torch.where(given[i].to(device)[:, None], clean[i].to(device), x[i])
             if on_step is not None:
                 on_step(k + 1)
     finally:
@@ -149,11 +184,35 @@ def generate(
     return videos
 
 
-def _plan_batches(entries, x, pgrids, captions, *, max_len, rows, device):
-    """Pack all entries once, each with its request's starting noise (cond and uncond share it):
-    [(PackedBatch, entry order, text_tokens, text_lengths)] per forward. Each step then
-    reuses the layout with the current tokens (`merge` + `with_tokens`)."""
-    samples = [PatchedSample(x[i].cpu(), grid_coords(pgrids[i]), pgrids[i]) for i, _ in entries]
+def _condition_tokens(index, condition, grid, pgrid, patch, channels, patch_dim):
+    """(clean tokens [N, D] or None, given tokens [N] bool or None) of one request's Condition."""
+    if condition is None:
+        return None, None
+    video = condition.video
+    want = (channels, *grid)
+    if tuple(video.shape) != want:
+        raise ValueError(f"condition {index}: video must be [C, T, H, W] = {list(want)} (the request's grid), "
+                         f"got {tuple(video.shape)}")
+    s = condition.strength
+    if s is not None and not 0.0 <= float(s) <= 1.0:
+        raise ValueError(f"condition {index}: strength={s} must be in [0, 1]")
+    tokens, coords = patchify(video.float().cpu(), patch)
+    if tokens.shape[1] != patch_dim:
+        raise ValueError(f"condition {index}: {tokens.shape[1]} features per token != patch_dim={patch_dim}")
+    if condition.given is None:
+        return tokens, None
+    try:
+        per_patch = given_patches(condition.given.cpu(), frames=grid[0], patch_t=patch[0])
+    except ValueError as e:
+        raise ValueError(f"condition {index}: {e}") from None
+    return tokens, per_patch[coords[:, 0].long()]  # a token is given when its temporal patch is
+
+
+def _plan_batches(entries, x, pgrids, given, captions, *, max_len, rows, device):
+    """Pack all entries once, each with its request's starting tokens and given mask (cond and
+    uncond share them): [(PackedBatch, entry order, text_tokens, text_lengths)] per forward.
+    Each step then reuses the layout with the current tokens (`merge` + `with_tokens`)."""
+    samples = [PatchedSample(x[i].cpu(), grid_coords(pgrids[i]), pgrids[i], given=given[i]) for i, _ in entries]
     plan = plan_packs([len(s) for s in samples], max_len, "bfd")
     per = len(plan) if rows is None else rows
     batches = []

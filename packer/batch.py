@@ -15,6 +15,13 @@ that makes `split` a single boolean gather plus a view split.
 
 Each padding run is its own attention segment, so padding never attends to real
 tokens and real tokens never attend to padding.
+
+A sample may mark some tokens as given (a conditioning frame: clean, t = 0) and the rest
+as generated. `given` is then a [B, L] bool beside `segment_ids`, False on padding, and
+`condition_index` numbers each token's (sample, given) pair for a [2S, ...] table:
+
+    segment_ids:      0 0 0 1 1 -1 -1        given: T F F F F F F
+    condition_index:  2 0 0 1 1 -1 -1        (S = 2: rows 0..1 generated, 2..3 given)
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ class PatchedSample:
 
     tokens: [N, D] float patch vectors; coords: [N, 3] int (t, h, w) grid indices.
     grid: the full (T', H', W') patch grid before any token was dropped.
+    given: [N] bool, True on tokens given as a condition (clean, t = 0); None: all generated.
     """
 
     tokens: Tensor
@@ -65,6 +73,7 @@ class PatchedSample:
     grid: tuple[int, int, int]
     key: str = ""
     meta: dict = field(default_factory=dict)
+    given: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -87,6 +96,8 @@ class PackedBatch:
         row, offset  [S] int64: where each sample starts
         keys         S source keys (shard/key) for traceability
         meta         S per-sample dicts carried through untouched (captions, ...)
+        given        [B, L] bool or None: tokens given as a condition (clean, t = 0),
+                     False on padding; None when no sample has any
     """
 
     tokens: Tensor
@@ -101,6 +112,7 @@ class PackedBatch:
     offset: Tensor
     keys: list[str]
     meta: list[dict]
+    given: Tensor | None = None
 
     @property
     def num_samples(self) -> int:
@@ -152,6 +164,24 @@ class PackedBatch:
         """Per-sample values [S, ...] -> [B*L, ...] on the flattened tokens; padding gets pad_value."""
         return per_token(values_S, self.segment_ids.reshape(-1), pad_value)
 
+    def with_given(self, given: Tensor | None) -> PackedBatch:
+        """The same batch with other given tokens: [B, L] bool (False on padding), or None."""
+        if given is not None:
+            if tuple(given.shape) != self.shape or given.dtype != torch.bool:
+                raise ValueError(f"given must be bool [B, L] = [{self.shape[0]}, {self.shape[1]}], "
+                                 f"got {given.dtype} {tuple(given.shape)}")
+            if bool((given & ~self.valid.to(given.device)).any()):  # host sync: once per call
+                raise ValueError("given marks padding tokens; it must be False wherever segment_ids is -1")
+        return replace(self, given=given)
+
+    def condition_index(self) -> Tensor:
+        """[B*L] int64: each token's row in a [2S, ...] per-(sample, given) table (s, or S + s
+        when given), -1 on padding; without `given`, the sample index. Feed it to `per_token`."""
+        seg = self.segment_ids.reshape(-1).long()
+        if self.given is None:
+            return seg
+        return seg + self.num_samples * self.given.reshape(-1).to(seg.device).long()  # padding: -1 + 0
+
     def segment_mean(self, x: Tensor) -> Tensor:
         """[B, L, ...] -> [S, ...]: the mean of each sample's tokens (padding never counts)."""
         b, l = self.shape
@@ -186,6 +216,7 @@ class PackedBatch:
             coords=mv(self.coords),
             segment_ids=mv(self.segment_ids),
             cu_seqlens=mv(self.cu_seqlens),
+            given=None if self.given is None else mv(self.given),
         )
 
 
@@ -218,6 +249,9 @@ def _check_samples(samples: Sequence[PatchedSample]) -> tuple[int, torch.dtype]:
             raise ValueError(f"sample {i} ({s.key!r}): coords must be [{s.tokens.shape[0]}, 3], got {tuple(s.coords.shape)}")
         if s.tokens.shape[0] == 0:
             raise ValueError(f"sample {i} ({s.key!r}) has no tokens")
+        if s.given is not None and (s.given.shape != (s.tokens.shape[0],) or s.given.dtype != torch.bool):
+            raise ValueError(f"sample {i} ({s.key!r}): given must be bool [{s.tokens.shape[0]}], "
+                             f"got {s.given.dtype} {tuple(s.given.shape)}")
     return d, dtype
 
 
@@ -266,6 +300,8 @@ def pack(
                 raise ValueError(f"out {name} must be a contiguous CPU tensor (pinned or not), got stride {t.stride()} on {t.device}")
         tokens_BLD, coords_BL3, segment_ids_BL = bufs
     tok_flat, crd_flat, seg_flat = tokens_BLD.view(b * l, d), coords_BL3.view(b * l, 3), segment_ids_BL.view(b * l)
+    conditioned = any(samples[i].given is not None for i in order)
+    given_BL = torch.zeros(b, l, dtype=torch.bool) if conditioned else None
 
     seg_lengths: list[int] = []
     segment_sample: list[int] = []
@@ -276,6 +312,8 @@ def pack(
         members = plan[r] if r < len(plan) else ()
         used = 0
         for i in members:
+            if given_BL is not None and samples[i].given is not None:
+                given_BL.view(b * l)[start + used : start + used + lengths[i]].copy_(samples[i].given)
             row_S.append(r)
             offset_S.append(used)
             seg_lengths.append(lengths[i])
@@ -311,4 +349,5 @@ def pack(
         offset=torch.from_numpy(per_S[1]),
         keys=[samples[i].key for i in order],
         meta=[samples[i].meta for i in order],
+        given=given_BL,
     )

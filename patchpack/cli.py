@@ -154,11 +154,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from patchpack.train.apps.generate import load_run, parse_size, requests, sample, write_outputs
+    from patchpack.train.apps.prompting import with_condition
 
     try:
         sizes = [parse_size(s) for s in args.size]
         reqs = requests(args.prompt, sizes=sizes, frames=args.frames or [8])
         run = load_run(args.ckpt, weights=args.weights, rope_extrapolation=args.rope)
+        reqs = with_condition(run, reqs, image_path=args.image, video_path=args.video, extend_by=args.extend,
+                              backward=args.backward, connect_paths=args.connect, edit_path=args.edit,
+                              strength=args.strength, frames_given=args.frames is not None)
         t0 = time.perf_counter()
         videos = sample(run, reqs, steps=args.steps, cfg_scale=args.cfg, seed=args.seed, progress=True)
     except ValueError as e:
@@ -257,6 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rope", choices=("none", "ntk", "pi"), default=None,
                    help="RoPE extrapolation for grids larger than trained (default: as trained)")
     s.add_argument("--out", default="samples", help="output directory")
+    g = s.add_argument_group("prompting with images and videos (docs/generation.md); one mode at a time")
+    g.add_argument("--image", metavar="PNG", help="image-to-video: the image is frame 0 of every output")
+    g.add_argument("--video", metavar="MP4", help="a clip to extend (with --extend N)")
+    g.add_argument("--extend", type=int, metavar="N", help="append N new frames after the --video clip")
+    g.add_argument("--backward", action="store_true", help="with --extend: prepend the new frames instead")
+    g.add_argument("--connect", nargs=2, metavar=("A", "B"),
+                   help="--frames N frames leading from A's last frames into B's first frames")
+    g.add_argument("--edit", metavar="MP4", help="SDEdit this clip under the prompt (with --strength)")
+    g.add_argument("--strength", type=float, metavar="S", help="--edit: 0 returns the clip, 1 is pure generation")
     s.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("eval", help="read attributes back from generated synthetic-caption videos")

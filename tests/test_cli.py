@@ -61,7 +61,9 @@ def test_demo_quick_runs_every_stage(demo_dir):
     summary = json.loads((demo_dir / "summary.json").read_text())
     assert summary["steps"] == 4 and 0 < summary["fill"] <= 1 and summary["useful_tokens_per_s"] > 0
     manifest = json.loads((demo_dir / "samples" / "manifest.json").read_text())
-    assert len(manifest["items"]) == 2 * 5  # 2 prompts x 5 demo sizes
+    assert len(manifest["items"]) == 2 * 5 + 2 * 6  # 2 prompts x 5 demo sizes, 2 subjects x 6 prompted requests
+    modes = {i["condition"]["mode"] for i in manifest["items"] if "condition" in i}
+    assert modes == {"image", "extend", "extend backward"} and "image-to-video" in summary["continuation"]
     assert {i["tag"].split(":")[0] for i in manifest["items"]} >= {"trained size", "unseen duration"}
     assert (demo_dir / "samples" / "index.html").is_file() and (demo_dir / "samples" / "contact_sheet.png").is_file()
     assert set(summary["eval"]) and (demo_dir / "loss_curve.png").is_file()
@@ -88,6 +90,64 @@ def test_generate_then_eval_from_the_demo_run(demo_dir, tmp_path):
 def test_generate_errors_are_one_line(demo_dir, tmp_path, args, message):
     args = [a.format(missing=tmp_path / "nope", run=demo_dir / "run") for a in args]
     r = _run("generate", "--prompt", "x", *args, "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    """first.png (32x32, a synth frame), clip.mp4 (8 frames, 32x32) and its decoded frames."""
+    import random
+
+    from patchpack.train.data import decode_video, encode_image, encode_mp4
+    from patchpack.train.data.synth import shape_clip
+
+    out = tmp_path_factory.mktemp("media")
+    clip, _, _ = shape_clip(random.Random(3), 8, 32, 32)
+    (out / "first.png").write_bytes(encode_image(clip[0], fmt="png"))
+    (out / "wide.png").write_bytes(encode_image(clip[0, :16], fmt="png"))
+    (out / "clip.mp4").write_bytes(encode_mp4(clip, fps=8))
+    decoded = decode_video((out / "clip.mp4").read_bytes(), fps=8.0, max_seconds=None, max_frames=None,
+                           max_pixels=1 << 40, max_source_frames=1 << 40).frames_THWC
+    return out, clip, decoded
+
+
+def _strip(path, frames, side=32):
+    from patchpack.train.data import decode_image
+
+    strip = decode_image(path.read_bytes(), max_pixels=1 << 40).frames_THWC[0]  # frames left to right, lossless
+    return strip.reshape(side, frames, side, 3).transpose(1, 0, 2, 3)
+
+
+def test_generate_prompted_with_an_image_and_with_a_clip_at_strength_zero(demo_dir, media, tmp_path):
+    import json
+
+    src, clip, decoded = media
+    base = ["generate", "--ckpt", str(demo_dir / "run"), "--prompt", "a red circle moving left fast on a black background",
+            "--size", "32x32", "--steps", "2"]
+    r = _run(*base, "--frames", "8", "--image", str(src / "first.png"), "--out", str(tmp_path / "i2v"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    item = json.loads((tmp_path / "i2v" / "manifest.json").read_text())["items"][0]
+    assert item["condition"]["mode"] == "image" and item["frames"] == 8
+    frames = _strip(tmp_path / "i2v" / item["files"]["png"], 8)
+    assert (frames[0] == clip[0]).all()  # the given image is frame 0, exactly
+
+    r = _run(*base, "--edit", str(src / "clip.mp4"), "--strength", "0", "--out", str(tmp_path / "edit"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    item = json.loads((tmp_path / "edit" / "manifest.json").read_text())["items"][0]
+    assert item["frames"] == 8 and (_strip(tmp_path / "edit" / item["files"]["png"], 8) == decoded).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image", "{src}/wide.png"], "cannot fill 32x32 keeping its aspect"),
+    (["--extend", "4"], "--video and --extend"),
+    (["--video", "{src}/clip.mp4", "--extend", "4", "--frames", "5"], "cannot fit whole temporal patches"),
+    (["--image", "{src}/missing.png"], "not found"),
+])
+def test_prompting_errors_are_one_line(demo_dir, media, tmp_path, args, message):
+    args = [a.format(src=media[0]) for a in args]
+    r = _run("generate", "--ckpt", str(demo_dir / "run"), "--prompt", "x", "--size", "32x32", *args,
+             "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
 

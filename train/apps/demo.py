@@ -1,8 +1,9 @@
 """`patchpack demo`: the whole system on a CPU, from nothing to a gallery of generated videos.
 
     synth (embedded data) -> train the tiny DiT (configs/demo.yaml) -> generate every prompt at
-    trained and unseen sizes in one packed pass per Euler step -> mp4/gif/png, contact sheet,
-    HTML gallery -> attribute evaluator -> loss curve -> summary
+    trained and unseen sizes in one packed pass per Euler step -> a prompted row (image-to-video
+    and extension, prompted_row.py) -> mp4/gif/png, contact sheet, HTML gallery -> attribute
+    evaluator and continuation measure -> loss curve -> summary
 
 Every stage reuses its output when it is already there (the data directory, the run's
 checkpoints via resume=auto), so running the demo again finishes an interrupted run
@@ -31,6 +32,7 @@ from patchpack.train.loops.metrics import read_metrics
 from patchpack.train.options import load_config
 
 from .generate import Request, load_run, sample, write_outputs
+from .prompted_row import format_continuation, prompted_row
 
 
 @dataclass
@@ -136,6 +138,9 @@ def run_demo(opts: DemoOptions) -> dict:
           f"cfg {opts.cfg_scale}")
     t_gen = time.perf_counter()
     videos = sample(run, reqs, steps=opts.sample_steps, cfg_scale=opts.cfg_scale, seed=opts.seed, progress=True)
+    frames_, side = sizes[0][:2]  # the trained clip size
+    row = prompted_row(run, side=side, frames=frames_, subjects=opts.prompts, steps=opts.sample_steps,
+                       cfg_scale=opts.cfg_scale, seed=opts.seed, progress=True)
     gen_s = time.perf_counter() - t_gen
 
     # 4. evaluate and write everything
@@ -147,19 +152,22 @@ def run_demo(opts: DemoOptions) -> dict:
     records = read_metrics(run_dir / "metrics.jsonl")
     curve = loss_curve(records, out / "loss_curve.png")
     stats = train_stats(records)
-    info = {"train": summary, "train_stats": stats, "eval": report, "sample_steps": opts.sample_steps,
-            "cfg_scale": opts.cfg_scale}
-    intro = (f"{len(reqs)} samples from {run.checkpoint} ({run.weights} weights, step {run.step}), "
+    info = {"train": summary, "train_stats": stats, "eval": report, "continuation": row.report,
+            "sample_steps": opts.sample_steps, "cfg_scale": opts.cfg_scale}
+    intro = (f"{len(reqs) + len(row.reqs)} samples from {run.checkpoint} ({run.weights} weights, step {run.step}), "
              f"{opts.sample_steps} Euler steps, CFG {opts.cfg_scale}. Sizes are pixels; the model trained on "
              f"clips of at most {budget} tokens.")
-    write_outputs(samples_dir, reqs, videos, fps=run.fps, title="patchpack demo", intro=intro, notes=notes, info=info)
+    write_outputs(samples_dir, reqs + row.reqs, videos + row.videos, fps=run.fps, title="patchpack demo", intro=intro,
+                  notes=notes + row.notes, info=info)
     result = {"out": str(out), "gallery": str(samples_dir / "index.html"),
               "contact_sheet": str(samples_dir / "contact_sheet.png"), "loss_curve": curve,
               "train_seconds": round(train_s, 1), "generate_seconds": round(gen_s, 1),
-              "total_seconds": round(time.perf_counter() - t0, 1), **stats, "eval": report}
+              "total_seconds": round(time.perf_counter() - t0, 1), **stats, "eval": report,
+              "continuation": row.report}
     (out / "summary.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     print("[4/4] evaluate")
     print(format_report(report))
+    print(format_continuation(row.report))
     print(_summary_text(result))
     return result
 

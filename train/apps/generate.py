@@ -9,20 +9,25 @@ A checkpoint stores the resolved training config (train/loops/run_state.py), so 
 rebuilds the exact DiT, text encoder and flow (patchpack.model.build_models) and needs
 nothing else. Sizes are in
 pixels; every request is checked against the model's patch before anything runs.
+
+A request may carry given frames (`Request.condition`, built by prompting.py: image-to-video,
+extension, connection, SDEdit); `sample` turns them into the DiT's units, encoding them
+with the run's VAE if it has one, and all requests still share one packed pass.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
-from patchpack.model import DiT, build_models, check_grid, generate
-from patchpack.train.data import from_video_CTHW
+from patchpack.model import Condition, DiT, build_models, check_grid, generate
+from patchpack.train.data import from_video_CTHW, to_video_CTHW
 from patchpack.train.loops import (
     TRAINED_PARTS,
     TrainConfig,
@@ -33,6 +38,7 @@ from patchpack.train.loops import (
 from patchpack.train.options import load_config
 
 from .gallery import GalleryItem, contact_sheet, write_gallery, write_video_files
+from .prompting import Given
 
 WEIGHTS = ("ema", "raw")
 
@@ -110,6 +116,7 @@ class Request:
     height: int
     width: int
     tag: str = ""  # free text shown with the result, e.g. "trained size" or "unseen aspect 1:3"
+    condition: Given | None = None  # given frames (prompting.py); None: text only
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -164,11 +171,51 @@ def sample(run: LoadedRun, reqs: Sequence[Request], *, steps: int = 30, cfg_scal
     from tqdm import tqdm
 
     grids = model_grids(run, reqs, max_tokens=max_tokens)
+    conditions = [None if r.condition is None else model_condition(run, r.condition) for r in reqs]
     with tqdm(total=steps, desc="sampling", unit="step", disable=not progress) as bar:
         videos = generate(run.model, run.encoder, [r.prompt for r in reqs], grids, steps=steps, cfg_scale=cfg_scale,
                           seed=seed, max_tokens=max_tokens, autoencoder=run.vae, flow=run.config.flow,
-                          on_step=lambda k: bar.update(1))
+                          on_step=lambda k: bar.update(1), conditions=conditions)
     return [from_video_CTHW(v) for v in videos]
+
+
+def model_condition(run: LoadedRun, given: Given) -> Condition:
+    """A request's pixel frames as the sampler's Condition, in the DiT's units.
+
+    Pixels: the frames as they are. With the causal VAE, a latent frame is given when all its
+    pixel frames are; a given run that starts at frame 0 is encoded as a prefix, which is
+    exactly what the whole clip's encoding holds there (causality). A run starting later is
+    encoded alone behind a copy of its first frame, and that extra latent frame is dropped:
+    the VAE never saw what precedes it, so this is an approximation. SDEdit encodes the
+    whole clip.
+    """
+    video = to_video_CTHW(given.frames)  # (3, T, H, W) in [-1, 1]
+    given_T = torch.from_numpy(given.given.copy())
+    if run.vae is None:
+        return Condition(video, given_T if given_T.any() else None, given.strength)
+    vae, ft = run.vae, run.vae.config.temporal
+    t = video.shape[1]
+    cover = [range(0, 1)] + [range(1 + (j - 1) * ft, 1 + j * ft) for j in range(1, 1 + (t - 1) // ft)]
+    given_L = torch.tensor([bool(given_T[r.start:r.stop].all()) for r in cover])
+    if given.strength is not None:
+        latent = vae.encode(video)
+    else:
+        latent = torch.zeros(vae.config.latent_channels, len(cover), *vae.config.latent_shape(1, *video.shape[2:])[1:])
+        j = 0
+        while j < len(cover):
+            if not given_L[j]:
+                j += 1
+                continue
+            end = j
+            while end + 1 < len(cover) and given_L[end + 1]:
+                end += 1
+            px = video[:, cover[j].start:cover[end].stop]
+            if j == 0:
+                latent[:, : end + 1] = vae.encode(px)
+            else:
+                latent[:, j : end + 1] = vae.encode(torch.cat([px[:, :1], px], dim=1))[:, 1:]
+            j = end + 1
+    return Condition(latent, given_L if given_L.any() else None, given.strength)
 
 
 # --------------------------------------------------------------------------- files
@@ -188,7 +235,10 @@ def write_outputs(out_dir: str | Path, reqs: Sequence[Request], videos: Sequence
     for i, (r, frames) in enumerate(zip(reqs, videos, strict=True)):
         stem = f"{i:0{digits}d}_{r.frames}x{r.height}x{r.width}"
         files = write_video_files(out, stem, frames, fps=fps)
-        items.append({**asdict(r), "files": {k: v for k, v in asdict(files).items() if v}})
+        item = {f.name: getattr(r, f.name) for f in fields(r) if f.name != "condition"}
+        if r.condition is not None:
+            item["condition"] = r.condition.summary()
+        items.append({**item, "files": {k: v for k, v in asdict(files).items() if v}})
         extra = [r.tag] if r.tag else []
         gallery.append(GalleryItem(r.prompt, r.grid, files, extra + (list(notes[i]) if notes else [])))
     labels = [f"{r.frames}x{r.height}x{r.width}  {r.prompt}" for r in reqs]

@@ -6,6 +6,7 @@ so no field is copied and none can drift:
     packer  patchpack.packer.PackerConfig   patch, row length, budgets, policy, ...
     model   patchpack.model.DiTConfig       width, depth, heads, RoPE, prediction, backend
     flow    patchpack.model.FlowConfig      timestep distribution and resolution shift
+    conditioning  patchpack.model.ConditioningConfig   given frames per sample (image-to-video, ...)
 
 Some DiTConfig fields follow from other components, and a run fills them in at start-up
 (values written in the YAML are replaced): `model.patch` is `packer.patch`,
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from patchpack.model import DiTConfig, FlowConfig, dit_config
+from patchpack.model import ConditioningConfig, DiTConfig, FlowConfig, dit_config
 from patchpack.packer import PackerConfig
 from patchpack.train.data import DataConfig
 
@@ -79,6 +80,8 @@ class TrainConfig:
     packer: PackerConfig = field(default_factory=_packer)
     model: DiTConfig = field(default_factory=lambda: dit_config("tiny"))  # presets: model/config.py
     flow: FlowConfig = field(default_factory=FlowConfig)
+    # which frames a training sample is given (clean, t = 0) as a condition; default: none
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
     text: str = "tiny"  # text encoder spec (model/text); "tiny" is trained with the DiT
     # A trained video VAE (an exported directory, docs/vae.md): the DiT then works in its latent
     # space, so data.shards must be latent shards (`patchpack encode-latents`); None = pixels.

@@ -4,8 +4,8 @@ One process, or one per device under torchrun (DDP or FSDP2; train/parallel). Th
 loop itself is skeleton.py's, shared with the VAE loop; `DiTTask` is this loop's part. Every state that shapes the next step is checkpointed, so a resume
 with `loop.num_workers=0` continues bitwise: weights (DiT in model.safetensors, a
 trainable text encoder in the state), EMA, optimizer, scheduler, and per rank the data
-stream, the torch RNG and the loop's own generators (timesteps, noise and caption
-dropout); run_state.py names every entry. SIGTERM saves a checkpoint at the next step
+stream, the torch RNG and the loop's own generators (timesteps, noise, caption
+dropout and the conditioning draw); run_state.py names every entry. SIGTERM saves a checkpoint at the next step
 boundary and returns instead of dying mid-write.
 
 Data parallelism. DDP (or FSDP2) wraps `FlowObjective`, a small module that owns the
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from patchpack.model import DiT, build_models, flow_loss
+from patchpack.model import DiT, build_models, condition_batch, flow_loss
 from patchpack.model.checkpoint import CONFIG_NAME
 from patchpack.model.flow import sample_timesteps
 from patchpack.model.text import drop_captions
@@ -111,15 +111,18 @@ def _rank_seed(seed: int, rank: int) -> int:
 
 class _Generators:
     """The loop's RNG: `cpu` draws caption dropout and timesteps, `noise` the flow noise
-    (the same generator on CPU; one on the device under CUDA, so noise is drawn there)."""
+    (the same generator on CPU; one on the device under CUDA, so noise is drawn there),
+    `cond` the conditioning strategies (its own, so turning conditioning on leaves the
+    timesteps and noise of a run as they were)."""
 
     def __init__(self, seed: int, device: torch.device) -> None:
         self.cpu = torch.Generator().manual_seed(seed)
         self.noise = self.cpu if device.type == "cpu" else torch.Generator(device).manual_seed(seed + 1)
+        self.cond = torch.Generator().manual_seed(seed + 2)
         self.device = device
 
     def state(self) -> dict:
-        s = {"torch": torch.get_rng_state(), "loop": self.cpu.get_state()}
+        s = {"torch": torch.get_rng_state(), "loop": self.cpu.get_state(), "cond": self.cond.get_state()}
         if self.device.type == "cuda":
             s["noise"] = self.noise.get_state()
             s["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -128,6 +131,8 @@ class _Generators:
     def load(self, s: dict) -> None:
         torch.set_rng_state(s["torch"])
         self.cpu.set_state(s["loop"])
+        if "cond" in s:  # checkpoints from before conditioning existed start it at its seed
+            self.cond.set_state(s["cond"])
         if self.device.type == "cuda" and "noise" in s:
             self.noise.set_state(s["noise"])
             torch.cuda.set_rng_state(s["cuda"], self.device)
@@ -136,7 +141,7 @@ class _Generators:
 class _Window:
     """Sums between two metric records, reduced over ranks when one is written."""
 
-    KEYS = ("loss", "grad_norm", "steps", "tokens", "slots", "samples")
+    KEYS = ("loss", "grad_norm", "steps", "tokens", "slots", "samples", "given")
 
     def __init__(self) -> None:
         self.reset()
@@ -154,6 +159,8 @@ class _Window:
         s["tokens"] += int(batch.num_tokens.sum())  # host-side bookkeeping: no device sync
         s["slots"] += rows * row_len
         s["samples"] += len(batch.meta)
+        if batch.given is not None:
+            s["given"] += int(batch.given.sum())  # host sync under CUDA, on conditioned steps only
 
     def record(self, info: DistInfo, *, lr: float, skips: dict, nonfinite_total: int) -> dict | None:
         """The record over all ranks (on rank 0; None elsewhere). Collective: every rank calls it."""
@@ -170,6 +177,7 @@ class _Window:
             "grad_norm": total["grad_norm"] / n,  # the same on every rank (after DDP's all-reduce)
             "tokens_per_s": total["tokens"] / dt,  # useful (non-padding) tokens, all ranks
             "fill": total["tokens"] / max(total["slots"], 1),
+            "given_fraction": total["given"] / max(total["tokens"], 1),  # valid tokens given as conditions
             "samples_per_s": total["samples"] / dt,
             "skipped": merge_counts(all_skips),
             "nonfinite_total": nonfinite_total,
@@ -274,6 +282,9 @@ class DiTTask:
             captions = drop_captions([m["caption"] for m in batch.meta], lp.caption_dropout,
                                      generator=self.gens.cpu)
             t_S = sample_timesteps(batch.grid, config=self.cfg.flow, generator=self.gens.cpu)
+            if self.cfg.conditioning.enabled:
+                batch, _ = condition_batch(batch, self.cfg.conditioning, patch=tuple(self.cfg.packer.patch),
+                                           channels=self.model.config.in_channels, generator=self.gens.cond)
             out = self.objective(batch, captions, t_S, self.gens.noise)
         exhausted, bad_loss = self.agree([batch is None, out is not None and not bool(torch.isfinite(out.loss))])
         if exhausted:

@@ -12,7 +12,8 @@ live here and nowhere else. On disk (checkpoint.py: atomic, pickle-free):
         state.json          step and the tree that names those tensors:
             config          the run's resolved config, as YAML (rebuilds model, flow, data)
             optimizer       AdamW state            scheduler   LR schedule state
-            ranks           per rank: {"data": stream state, "rng": generator states}
+            ranks           per rank: {"data": stream state, "rng": generator states (torch,
+                            timesteps/dropout, conditioning draws, device noise)}
             ema             EMA weights, keyed "<part>.<name>" for part in TRAINED_PARTS
             text            a trainable text encoder's weights (None when frozen)
             nonfinite       non-finite steps skipped so far

@@ -34,14 +34,17 @@ def shards(tmp_path_factory):
     return str(out)
 
 
-def _cfg(shards, run_dir, **loop) -> TrainConfig:
+COND = ["conditioning.none=0.2", "conditioning.first_frame=0.4", "conditioning.last_frames=0.4"]
+
+
+def _cfg(shards, run_dir, extra=(), **loop) -> TrainConfig:
     overrides = [
         f"run_dir={run_dir}", f"data.shards=[{shards}]", "data.max_frames=4", "data.shuffle_buffer=4",
         "packer.max_len=128", "packer.rows=2", "packer.max_tokens_per_sample=64", "packer.max_frames=2",
         "packer.buffer=4", "model.depth=1", "model.hidden=64", "model.heads=2", "model.attn_backend=reference",
         "optim.warmup=2", "loop.log_every=1", "loop.threads=1", "loop.caption_dropout=0.5",
         "loop.progress=false", "loop.device=cpu",
-    ] + [f"loop.{k}={v}" for k, v in loop.items()]
+    ] + [f"loop.{k}={v}" for k, v in loop.items()] + list(extra)
     return load_config(TrainConfig, None, overrides)
 
 
@@ -61,9 +64,10 @@ def test_six_steps_log_every_field_and_a_finite_loss(shards, tmp_path):
     assert (tmp_path / "config.yaml").read_text().startswith("run_dir:")
 
 
-def test_sigterm_checkpoints_and_resume_continues_bitwise(shards, tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [(), COND], ids=["plain", "conditioned"])
+def test_sigterm_checkpoints_and_resume_continues_bitwise(shards, tmp_path, monkeypatch, extra):
     a, b = tmp_path / "a", tmp_path / "b"
-    trainer.train(_cfg(shards, a, steps=6, ckpt_every=100))
+    trainer.train(_cfg(shards, a, extra, steps=6, ckpt_every=100))
 
     real, calls = trainer.flow_loss, {"n": 0}
 
@@ -74,17 +78,19 @@ def test_sigterm_checkpoints_and_resume_continues_bitwise(shards, tmp_path, monk
         return real(*args, **kw)
 
     monkeypatch.setattr(trainer, "flow_loss", sigterm_on_third)
-    first = trainer.train(_cfg(shards, b, steps=6, ckpt_every=3))
+    first = trainer.train(_cfg(shards, b, extra, steps=6, ckpt_every=3))
     monkeypatch.setattr(trainer, "flow_loss", real)
     assert first["step"] == 3 and first["stopped"] == "sigterm"
     assert latest_checkpoint(b / "checkpoints").name == "step_00000003"
-    second = trainer.train(_cfg(shards, b, steps=6, ckpt_every=3, resume="auto"))
+    second = trainer.train(_cfg(shards, b, extra, steps=6, ckpt_every=3, resume="auto"))
     assert second["start_step"] == 3 and second["step"] == 6
     la, lb = _losses(a), _losses(b)
     assert [la[s] for s in (4, 5, 6)] == [lb[s] for s in (4, 5, 6)]  # bitwise: floats, not approx
     wa = load_file(str(latest_checkpoint(a / "checkpoints") / "model.safetensors"))
     wb = load_file(str(latest_checkpoint(b / "checkpoints") / "model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    given = [r["given_fraction"] for r in read_metrics(a / "metrics.jsonl") if "loss" in r]
+    assert (max(given) > 0) == bool(extra)  # guard: the conditioned run really gave tokens
 
 
 def test_unknown_config_key_fails_at_load(shards, tmp_path):

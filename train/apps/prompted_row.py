@@ -1,0 +1,93 @@
+"""The demo's prompted row: image-to-video and extension of synthetic clips, measured for continuation.
+
+Per subject (a fresh synth shape clip at the trained clip size, its caption as the prompt):
+
+    image-to-video                 frame 0 given                    -> `frames` frames
+    extend forward                 the first frames/2 given         -> `frames` frames
+    extend forward, unseen length  the first `frames` given         -> 2 x `frames` frames
+    extend backward                frames/2 .. frames-1 given last  -> `frames` frames
+    text only, frames and 2 x frames long: the baselines
+
+All of them go through one `sample` call (one packed pass per Euler step). Each prompted
+clip is measured by continuation.py; each baseline gets the same measure with the mode's
+given frames pasted over it, which is what agreement the condition did not earn.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+from patchpack.train.data.synth import shape_clip
+
+from . import prompting
+from .continuation import MEASURES, continuation, summarise_continuation
+from .generate import LoadedRun, Request, sample
+
+__all__ = ["PromptedRow", "format_continuation", "prompted_requests", "prompted_row"]
+
+MODES = ("image-to-video", "extend forward", "extend forward, unseen length", "extend backward")
+
+
+@dataclass
+class PromptedRow:
+    reqs: list[Request]
+    videos: list[np.ndarray]
+    notes: list[list[str]]  # per request, for the gallery
+    report: dict  # summarise_continuation: per mode, and per mode's text-only baseline
+
+
+def prompted_requests(run: LoadedRun, *, side: int, frames: int, subjects: int, seed: int) -> list[Request]:
+    """4 prompted requests and 2 text-only baselines per subject (tags name the mode)."""
+    rng = random.Random(seed)
+    half = frames // 2
+    out = []
+    for _ in range(subjects):
+        clip, caption, _ = shape_clip(rng, 2 * frames, side, side)
+        req = lambda t, tag, c=caption: Request(c, t, side, side, tag=f"prompted: {tag}")  # noqa: E731
+        out += [
+            prompting.image(run, req(frames, MODES[0]), clip[:1]),
+            prompting.extend(run, req(frames, MODES[1]), clip[:half], frames - half),
+            prompting.extend(run, req(2 * frames, MODES[2]), clip[:frames], frames),
+            prompting.extend(run, req(frames, MODES[3]), clip[half:frames], frames - half, backward=True),
+            req(frames, "text only"),
+            req(2 * frames, "text only, unseen length"),
+        ]
+    return out
+
+
+def prompted_row(run: LoadedRun, *, side: int, frames: int, subjects: int, steps: int, cfg_scale: float,
+                 seed: int, progress: bool = False) -> PromptedRow:
+    """Generate and measure the row; `frames` and `side` should be the run's trained clip size."""
+    reqs = prompted_requests(run, side=side, frames=frames, subjects=subjects, seed=seed)
+    videos = sample(run, reqs, steps=steps, cfg_scale=cfg_scale, seed=seed, progress=progress)
+    results, notes = [], []
+    for i in range(0, len(reqs), 6):
+        prompted, plain = reqs[i:i + 4], {r.frames: v for r, v in zip(reqs[i + 4:i + 6], videos[i + 4:i + 6])}
+        for mode, r, v in zip(MODES, prompted, videos[i:i + 4]):
+            hold = mode == "image-to-video" and run.patch[0] > 1
+            res = continuation(v, r.condition.given, r.prompt, hold=hold)
+            results.append((mode, res))
+            pasted = plain[r.frames].copy()
+            pasted[r.condition.given] = r.condition.frames[r.condition.given]
+            results.append((f"{mode} (text-only baseline)", continuation(pasted, r.condition.given, r.prompt,
+                                                                        hold=hold)))
+            given = np.flatnonzero(r.condition.given)
+            notes.append([f"given frames {given[0]}-{given[-1]}"]
+                         + [f"{m} {'ok' if res[m] else 'wrong'}" for m in MEASURES if res[m] is not None]
+                         + ([f"jump {res['jump']:.3f} of the side"] if res["jump"] is not None else []))
+        notes += [["text only: the baseline"]] * 2
+    return PromptedRow(reqs, videos, notes, summarise_continuation(results))
+
+
+def format_continuation(report: dict) -> str:
+    """One row per mode: each measure's correct/total and %, the median jump."""
+    cell = lambda m: f"{m['correct']}/{m['total']} {100 * m['rate']:.0f}%" if m["total"] else "-"  # noqa: E731
+    head = ["mode", "items", *MEASURES, "median jump"]
+    rows = [[name, str(g["items"]), *(cell(g[m]) for m in MEASURES),
+             "-" if g["median_jump"] is None else f"{g['median_jump']:.3f}"] for name, g in report.items()]
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    fmt = lambda r: "  ".join(v.ljust(wd) if i == 0 else v.rjust(wd) for i, (v, wd) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([fmt(head)] + [fmt(r) for r in rows])
