@@ -3,16 +3,30 @@
 Tar reading and URL opening are webdataset's (`tar_file_iterator`, `group_by_keys`,
 `gopen`, brace expansion); the order of shards and samples is ours, because
 `webdataset.WebDataset` cannot save and restore its position.
+
+Shard index. Our writers (shards.ShardWriter) leave `shardindex.json` beside the tars,
+in the format of webdataset's wids ({"__kind__": "wids-shard-index-v1", "shardlist":
+[{"url", "nsamples", "filesize"}]}), so a reader knows how many samples a shard holds
+and can count the samples a truncated or corrupt tar lost, not just the tar.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["expand_shards", "split_shards", "read_shard", "derive_seed"]
+__all__ = ["expand_shards", "split_shards", "read_shard", "derive_seed", "INDEX_NAME", "read_index",
+           "expected_samples", "shard_loss", "READ_ERRORS"]
+
+# what reading a bad tar raises (webdataset's grouping raises ValueError on a repeated member)
+READ_ERRORS = (tarfile.TarError, OSError, ValueError)
+
+INDEX_NAME = "shardindex.json"
+INDEX_KIND = "wids-shard-index-v1"
 
 
 # --------------------------------------------------------------------------- shard lists
@@ -57,8 +71,13 @@ def derive_seed(*parts: object) -> int:
 def _open(url: str, allow_pipe: bool):
     from webdataset.gopen import gopen, rewrite_url
 
-    if rewrite_url(url).startswith("pipe:") and not allow_pipe:  # GOPEN_REWRITE can make one
+    url = rewrite_url(url)
+    if url.startswith("pipe:") and not allow_pipe:  # GOPEN_REWRITE can make one
         raise ValueError(f"shard {url!r} resolves to a pipe: URL; set allow_pipe=True to run it")
+    if "://" not in url and not url.startswith("pipe:"):
+        path = Path(url[5:] if url.startswith("file:") else url)
+        if path.exists() and not path.is_file():  # a FIFO would block the open forever
+            raise ValueError(f"shard {url!r} is not a regular file")
     return gopen(url, "rb")
 
 
@@ -69,3 +88,43 @@ def read_shard(url: str, allow_pipe: bool) -> Iterator[dict]:
     with _open(url, allow_pipe) as stream:
         files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
         yield from group_by_keys(files)
+
+
+# --------------------------------------------------------------------------- shard index
+
+
+def read_index(directory: str | Path) -> dict[str, dict]:
+    """{shard file name: {"nsamples", "filesize"}} from `directory`/shardindex.json; {} when
+    there is none or it cannot be read (the index only sharpens skip counts)."""
+    path = Path(directory) / INDEX_NAME
+    try:
+        data = json.loads(path.read_text())
+        return {Path(e["url"]).name: {"nsamples": int(e["nsamples"]), "filesize": int(e.get("filesize", -1))}
+                for e in data["shardlist"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def expected_samples(url: str, cache: dict[str, dict]) -> int | None:
+    """Samples the index beside a local shard says it holds; None for remote URLs or no index.
+    `cache` maps a directory to its index, so each index is read once per reader."""
+    if "://" in url or url.startswith("pipe:"):
+        return None
+    path = Path(url[5:] if url.startswith("file:") else url)
+    folder = str(path.parent)
+    if folder not in cache:
+        cache[folder] = read_index(folder)
+    entry = cache[folder].get(path.name)
+    return None if entry is None else entry["nsamples"]
+
+
+def shard_loss(url: str, read: int, error: str | None, cache: dict[str, dict]) -> tuple[str, int, str] | None:
+    """(reason, samples lost, message) after reading `read` records of a shard, or None if
+    nothing was lost. With an index, a short or broken tar loses expected - read samples
+    ("truncated_shard"); without one, an error counts the shard once ("bad_shard")."""
+    expected = expected_samples(url, cache)
+    if expected is not None and expected > read:
+        return "truncated_shard", expected - read, f"{url}: {read} of {expected} samples readable ({error or 'the tar ends early'})"
+    if error is not None and expected is None:
+        return "bad_shard", 1, f"{error} (no {INDEX_NAME} beside it: samples lost unknown)"
+    return None
