@@ -51,7 +51,11 @@ def load_model_dir(directory: str | os.PathLike, build: Callable[[], nn.Module],
     check_safetensors(weights)
     with torch.device("meta"):
         model = build()  # every tensor comes from the file
-    model.load_state_dict(load_file(str(weights), device=str(device)), strict=True, assign=True)
+    try:
+        state = load_file(str(weights), device=str(device))
+    except Exception as e:  # SafetensorError on cut or flipped bytes: name the file, not a traceback
+        raise ValueError(f"{weights} does not load ({type(e).__name__}: {e})") from None
+    model.load_state_dict(state, strict=True, assign=True)
     return model
 
 
