@@ -82,12 +82,37 @@ def _open(url: str, allow_pipe: bool):
 
 
 def read_shard(url: str, allow_pipe: bool) -> Iterator[dict]:
-    """The records of one tar shard in order: {member extension: bytes, "__key__", "__url__"}."""
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
+    """The records of one tar shard in order: {member extension: bytes, "__key__", "__url__"}.
+
+    Members are grouped by key as webdataset's group_by_keys does (the key is the name up to
+    its first dot), with one difference: when the tar breaks, the record being assembled is
+    still yielded before the error is raised. A complete sample just before a cut is then
+    used, and a partial one is counted as a skip by what it lacks, instead of vanishing."""
+    from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
     with _open(url, allow_pipe) as stream:
-        files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
-        yield from group_by_keys(files)
+        current: dict | None = None
+        try:
+            for f in tar_file_iterator(stream):
+                key, ext = base_plus_ext(f["fname"])
+                if key is None:  # a member without an extension belongs to no sample
+                    continue
+                ext = ext.lower()
+                if current is not None and key != current["__key__"]:
+                    done, current = current, None
+                    yield done
+                if current is None:
+                    current = {"__key__": key, "__url__": url}
+                if ext in current:
+                    raise ValueError(f"{f['fname']}: duplicate file name in tar file {url}")
+                current[ext] = f["data"]
+        except READ_ERRORS:
+            if current is not None:
+                done, current = current, None
+                yield done
+            raise
+        if current is not None:
+            yield current
 
 
 # --------------------------------------------------------------------------- shard index
