@@ -356,6 +356,8 @@ def make_shards(src_dir: str | Path, captions_path: str | Path, out_dir: str | P
     src = Path(src_dir)
     if not src.is_dir():
         raise ValueError(f"source folder not found: {src}")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"output {out_dir} exists and is not a directory")
     entries = read_captions(captions_path)
     out = prepare_out_dir(out_dir, overwrite=overwrite)
     skip_list = out / SKIP_LIST
