@@ -15,8 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import tarfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["expand_shards", "split_shards", "read_shard", "derive_seed", "INDEX_NAME", "read_index",
@@ -74,11 +76,58 @@ def _open(url: str, allow_pipe: bool):
     url = rewrite_url(url)
     if url.startswith("pipe:") and not allow_pipe:  # GOPEN_REWRITE can make one
         raise ValueError(f"shard {url!r} resolves to a pipe: URL; set allow_pipe=True to run it")
-    if "://" not in url and not url.startswith("pipe:"):
-        path = Path(url[5:] if url.startswith("file:") else url)
-        if path.exists() and not path.is_file():  # a FIFO would block the open forever
-            raise ValueError(f"shard {url!r} is not a regular file")
+    local = _local_path(url)
+    if local is not None:
+        _check_local(local)
     return gopen(url, "rb")
+
+
+def _check_local(path: Path) -> None:
+    if path.exists() and not path.is_file():  # a FIFO would block the open forever
+        raise ValueError(f"shard {str(path)!r} is not a regular file")
+
+
+_META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, never part of a sample
+
+
+@contextmanager
+def _members(url: str, allow_pipe: bool):
+    """{"fname", "data"} of each regular member. A local .tar is read with tarfile directly,
+    so that a corrupt header, which tarfile takes for the end of the archive and stops at
+    quietly, is caught: data after the point it stopped raises ReadError. Other URLs go
+    through webdataset's stream reader."""
+    from webdataset.gopen import rewrite_url
+
+    local = _local_path(rewrite_url(url))
+    if local is None or local.suffix != ".tar":
+        from webdataset.tariterators import tar_file_iterator
+
+        with _open(url, allow_pipe) as stream:
+            yield tar_file_iterator(stream)
+        return
+    _check_local(local)
+    yield _local_members(local)
+
+
+def _local_members(path: Path) -> Iterator[dict]:
+    with tarfile.open(path, mode="r:") as tf:
+        for info in tf:
+            if info.isreg() and not _META.match(info.name):
+                yield {"fname": info.name, "data": tf.extractfile(info).read()}
+            tf.members = []  # as webdataset does: no TarInfo list growing with the shard
+        end = tf.offset  # where tarfile saw the end: zero blocks, or a header it could not parse
+    with open(path, "rb") as f:
+        f.seek(end)
+        while block := f.read(1 << 16):
+            if block.strip(b"\0"):
+                raise tarfile.ReadError(f"a bad tar header at byte {end}: {path.stat().st_size - end} bytes "
+                                        "after it were never read")
+
+
+def _local_path(url: str) -> Path | None:
+    if "://" in url or url.startswith("pipe:"):
+        return None
+    return Path(url[5:] if url.startswith("file:") else url)
 
 
 def read_shard(url: str, allow_pipe: bool) -> Iterator[dict]:
@@ -88,12 +137,12 @@ def read_shard(url: str, allow_pipe: bool) -> Iterator[dict]:
     its first dot), with one difference: when the tar breaks, the record being assembled is
     still yielded before the error is raised. A complete sample just before a cut is then
     used, and a partial one is counted as a skip by what it lacks, instead of vanishing."""
-    from webdataset.tariterators import base_plus_ext, tar_file_iterator
+    from webdataset.tariterators import base_plus_ext
 
-    with _open(url, allow_pipe) as stream:
+    with _members(url, allow_pipe) as members:
         current: dict | None = None
         try:
-            for f in tar_file_iterator(stream):
+            for f in members:
                 key, ext = base_plus_ext(f["fname"])
                 if key is None:  # a member without an extension belongs to no sample
                     continue

@@ -217,3 +217,23 @@ def test_a_fifo_shard_does_not_block(tmp_path):
     os.mkfifo(tmp_path / "x.tar")
     stream = VideoStream(DataConfig(shards=[str(tmp_path)], epochs=1, shuffle_buffer=0))
     assert list(stream) == [] and stream.skips == {"bad_shard": 1}
+
+
+def test_a_bad_header_mid_tar_is_never_a_quiet_end(tmp_path):
+    """tarfile takes a header it cannot parse for the end of the archive and stops without a
+    word; with the index the lost samples are counted, without it the shard is a bad_shard."""
+    with ShardWriter(tmp_path, max_count=8) as w:
+        for i in range(6):
+            w.write(f"k{i}", {"png": _png(i), "json": b'{"caption": "x"}'})
+    shard = tmp_path / "shard-000000.tar"
+    with tarfile.open(shard) as tf:
+        k3 = next(m for m in tf.getmembers() if m.name == "k3.png")
+    data = bytearray(shard.read_bytes())
+    data[k3.offset] ^= 0x20  # the member name: the header checksum no longer matches
+    shard.write_bytes(bytes(data))
+    cfg = DataConfig(shards=[str(tmp_path)], epochs=1, shuffle_buffer=0)
+    stream = VideoStream(cfg)
+    assert len(list(stream)) == 3 and stream.skips == {"truncated_shard": 3}
+    (tmp_path / INDEX_NAME).unlink()
+    stream = VideoStream(cfg)
+    assert len(list(stream)) == 3 and stream.skips == {"bad_shard": 1}
