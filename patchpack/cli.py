@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ("packing", "attention", "pipeline", "e2e")
+BENCHMARKS = ("packing", "attention", "pipeline", "e2e", "decode_memory")
 
 
 class UserError(Exception):
