@@ -83,5 +83,8 @@ def load_dit(directory: str | os.PathLike, *, device: str | torch.device = "cpu"
     config_path = Path(directory) / CONFIG_NAME
     if not config_path.is_file():
         raise ValueError(f"checkpoint {directory} has no {CONFIG_NAME}")
-    config = DiTConfig.from_dict({**json.loads(config_path.read_text()), **overrides})
+    try:
+        config = DiTConfig.from_dict({**json.loads(config_path.read_text()), **overrides})
+    except (ValueError, TypeError, AttributeError) as e:  # bad JSON, unknown or missing fields
+        raise ValueError(f"{config_path} is not a DiT config ({type(e).__name__}: {e})") from None
     return load_model_dir(directory, lambda: DiT(config), device=device)

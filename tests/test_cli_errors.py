@@ -46,10 +46,14 @@ def _train(shards, tmp_path, *overrides):
     (["loop.resume=/no/such/checkpoint"], "is not a checkpoint directory"),
     (["data.max_pixels=1", "data.max_skips_in_a_row=8"], "too_large=8"),
     (["data.max_pixels=1", "data.epochs=1"], "ended before the first step"),
+    (["model.attn_backend=flash"], "backend='flash' cannot run"),
+    (["text=/no/such/encoder"], "unknown text encoder"),
+    (["run_dir={afile}"], "File exists"),
 ])
 def test_train_user_errors_are_one_line(shards, tmp_path, capsys, overrides, message):
     (tmp_path / "empty").mkdir()
-    overrides = [o.format(empty=tmp_path / "empty") for o in overrides]
+    (tmp_path / "afile").write_text("x")
+    overrides = [o.format(empty=tmp_path / "empty", afile=tmp_path / "afile") for o in overrides]
     assert _train(shards, tmp_path, *overrides) == 2
     assert message in _last_line_error(capsys, "train")
 
@@ -159,3 +163,21 @@ def test_subprocess_prints_exactly_one_line(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert "not a directory" in r.stderr
+
+
+def test_config_files_that_are_not_configs(tmp_path, capsys):
+    for name, content, message in (("bad.yaml", b"a: [\n", "is not valid YAML"), ("bin.yaml", b"\xff\xfe\x00", "utf-8"),
+                                   ("list.yaml", b"- 1\n- 2\n", "Cannot merge")):
+        (tmp_path / name).write_bytes(content)
+        assert main(["train", str(tmp_path / name)]) == 2
+        assert message in _last_line_error(capsys, "train")
+
+
+def test_a_vae_directory_with_a_bad_config_is_named(tmp_path, capsys):
+    from patchpack.model.vae import CausalVAE, VAEConfig, save_vae
+
+    save_vae(CausalVAE(VAEConfig(widths=[8, 8], latent_channels=4)), tmp_path / "vae")
+    (tmp_path / "vae" / "vae.json").write_text('{"spatial": 4, "bogus": 1}')
+    (tmp_path / "px").mkdir()
+    assert main(["encode-latents", str(tmp_path / "px"), "--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "o")]) == 2
+    assert "vae.json is not a VAE config" in _last_line_error(capsys, "encode-latents")
