@@ -88,6 +88,7 @@ def _check_local(path: Path) -> None:
 
 
 _META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, never part of a sample
+_TAIL = 1 << 20  # bytes checked after the end of a tar, at each side of what follows it
 
 
 @contextmanager
@@ -116,12 +117,13 @@ def _local_members(path: Path) -> Iterator[dict]:
                 yield {"fname": info.name, "data": tf.extractfile(info).read()}
             tf.members = []  # as webdataset does: no TarInfo list growing with the shard
         end = tf.offset  # where tarfile saw the end: zero blocks, or a header it could not parse
-    with open(path, "rb") as f:
-        f.seek(end)
-        while block := f.read(1 << 16):
-            if block.strip(b"\0"):
-                raise tarfile.ReadError(f"a bad tar header at byte {end}: {path.stat().st_size - end} bytes "
-                                        "after it were never read")
+    size = path.stat().st_size
+    with open(path, "rb") as f:  # a valid tar ends in zero blocks; look at the head and tail of the rest
+        for start in sorted({end, max(end, size - _TAIL)}):  # (not all of it: a huge zero tail costs no read)
+            f.seek(start)
+            if f.read(_TAIL).strip(b"\0"):
+                raise tarfile.ReadError(f"a bad tar header at byte {end}: {size - end} bytes after it were "
+                                        "never read")
 
 
 def _local_path(url: str) -> Path | None:
