@@ -27,8 +27,11 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
-class BackendUnavailableError(RuntimeError):
-    """The requested backend (or, for "auto", every backend) cannot run these inputs."""
+class BackendUnavailableError(RuntimeError, ValueError):
+    """The requested backend (or, for "auto", every backend) cannot run these inputs.
+
+    Also a ValueError: asking for a backend the machine or the inputs rule out is a
+    choice the user can change (the CLI reports it in one line)."""
 
 
 @dataclass(frozen=True)

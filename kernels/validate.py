@@ -8,6 +8,8 @@ Legend: T total q tokens, U total k/v tokens, N q heads, G kv heads, H head dim,
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -48,6 +50,8 @@ def validate_varlen_inputs(
     cu_seqlens_k_S1: torch.Tensor,
     max_seqlen_q: int,
     max_seqlen_k: int,
+    *,
+    softmax_scale: float | None = None,
 ) -> None:
     """Raise ValueError naming the offending values; return None when the inputs are well formed.
 
@@ -78,6 +82,11 @@ def validate_varlen_inputs(
     nheads_k, headdim_k = k_UGH.shape[1], k_UGH.shape[2]
     if headdim != headdim_k:
         raise ValueError(f"headdim mismatch: q has {headdim}, k/v have {headdim_k}")
+    if headdim < 1 or nheads < 1:  # the default scale is 1/sqrt(headdim); no head, no attention
+        raise ValueError(f"nheads and headdim must be >= 1, got q shape={tuple(q_TNH.shape)}")
+    if softmax_scale is not None and (isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float))
+                                      or not math.isfinite(softmax_scale)):
+        raise ValueError(f"softmax_scale must be a finite number or None, got {softmax_scale!r}")
     if nheads_k == 0 or nheads % nheads_k != 0:
         raise ValueError(
             f"nheads={nheads} of q must be a multiple of nheads_k={nheads_k} of k/v (GQA/MQA)"

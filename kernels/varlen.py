@@ -91,7 +91,8 @@ def varlen_attention(
         BackendUnavailableError: the requested backend (or every backend) cannot run.
     """
     if validate:
-        validate_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+        validate_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                               softmax_scale=softmax_scale)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     needs_grad = needs_grad_of(q, k, v)
     chosen = resolve_backend(q, k, v, causal, needs_grad, backend)

@@ -51,7 +51,11 @@ def load_model_dir(directory: str | os.PathLike, build: Callable[[], nn.Module],
     check_safetensors(weights)
     with torch.device("meta"):
         model = build()  # every tensor comes from the file
-    model.load_state_dict(load_file(str(weights), device=str(device)), strict=True, assign=True)
+    try:
+        state = load_file(str(weights), device=str(device))
+    except Exception as e:  # SafetensorError on cut or flipped bytes: name the file, not a traceback
+        raise ValueError(f"{weights} does not load ({type(e).__name__}: {e})") from None
+    model.load_state_dict(state, strict=True, assign=True)
     return model
 
 
@@ -79,5 +83,8 @@ def load_dit(directory: str | os.PathLike, *, device: str | torch.device = "cpu"
     config_path = Path(directory) / CONFIG_NAME
     if not config_path.is_file():
         raise ValueError(f"checkpoint {directory} has no {CONFIG_NAME}")
-    config = DiTConfig.from_dict({**json.loads(config_path.read_text()), **overrides})
+    try:
+        config = DiTConfig.from_dict({**json.loads(config_path.read_text()), **overrides})
+    except (ValueError, TypeError, AttributeError) as e:  # bad JSON, unknown or missing fields
+        raise ValueError(f"{config_path} is not a DiT config ({type(e).__name__}: {e})") from None
     return load_model_dir(directory, lambda: DiT(config), device=device)

@@ -62,8 +62,10 @@ class DiTConfig:
             )
         if len(self.rope_train_grid) != 3 or min(self.rope_train_grid) < 1:
             raise ValueError(f"rope_train_grid must be 3 positive ints: {self.rope_train_grid}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not 0 < self.mlp_ratio < math.inf:  # NaN fails this too
+            raise ValueError(f"mlp_ratio must be a finite number > 0, got {self.mlp_ratio}")
+        if not 0 < self.rope_theta < math.inf:
+            raise ValueError(f"rope_theta must be a finite number > 0, got {self.rope_theta}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction={self.prediction!r} not in {PREDICTIONS}")
 

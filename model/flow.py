@@ -36,6 +36,7 @@ set and does not. t is clamped at T_MIN in the division, as JiT does, so t -> 0 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -65,7 +66,7 @@ class FlowConfig:
     resolution_shift: bool = True  # False: t is the same distribution for every size
 
     def __post_init__(self) -> None:
-        if self.logit_std <= 0 or self.shift_base_tokens < 1:
+        if not (0 < self.logit_std < math.inf and math.isfinite(self.logit_mean)) or self.shift_base_tokens < 1:
             raise ValueError(f"need logit_std > 0 and shift_base_tokens >= 1: {self}")
 
 

@@ -104,6 +104,8 @@ def generate(
         raise ValueError(f"need one grid per prompt and at least one: {len(prompts)} prompts, {len(grids)} grids")
     if steps < 1:
         raise ValueError(f"steps={steps} must be >= 1")
+    if not math.isfinite(cfg_scale):  # NaN or inf guidance turns every video black
+        raise ValueError(f"cfg_scale={cfg_scale} must be a finite number")
     if rows is not None and rows < 1:
         raise ValueError(f"rows={rows} must be >= 1")
     pgrids = [check_grid(i, g, patch=patch, max_tokens=max_tokens) for i, g in enumerate(grids)]

@@ -26,6 +26,7 @@ as generated. `given` is then a [B, L] bool beside `segment_ids`, False on paddi
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -33,7 +34,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["PatchedSample", "PackedBatch", "pack", "per_token", "segment_mean"]
+__all__ = ["PatchedSample", "PackedBatch", "pack", "per_token", "segment_mean", "INT32_MAX"]
+
+INT32_MAX = 2**31 - 1  # coords and cu_seqlens are int32
 
 
 def per_token(values_S: Tensor, segment_ids_N: Tensor, pad_value: float = 0.0) -> Tensor:
@@ -224,7 +227,7 @@ def _check_plan(plan: Sequence[Sequence[int]], lengths: list[int], max_len: int)
     seen = [0] * len(lengths)
     for r, bin_ in enumerate(plan):
         for i in bin_:
-            if not 0 <= i < len(lengths):
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < len(lengths):
                 raise ValueError(f"plan row {r} names sample {i}, but there are {len(lengths)} samples")
             seen[i] += 1
         used = sum(lengths[i] for i in bin_)
@@ -252,6 +255,12 @@ def _check_samples(samples: Sequence[PatchedSample]) -> tuple[int, torch.dtype]:
         if s.given is not None and (s.given.shape != (s.tokens.shape[0],) or s.given.dtype != torch.bool):
             raise ValueError(f"sample {i} ({s.key!r}): given must be bool [{s.tokens.shape[0]}], "
                              f"got {s.given.dtype} {tuple(s.given.shape)}")
+        # coords become int32: a float would be truncated and a value >= 2**31 would wrap (one scan of N*3 ints)
+        if s.coords.dtype.is_floating_point or s.coords.dtype == torch.bool or s.coords.is_complex():
+            raise ValueError(f"sample {i} ({s.key!r}): coords must be integers, got {s.coords.dtype}")
+        lo, hi = int(s.coords.min()), int(s.coords.max())
+        if lo < 0 or hi > INT32_MAX:
+            raise ValueError(f"sample {i} ({s.key!r}): coords must be in [0, 2**31 - 1], got [{lo}, {hi}]")
     return d, dtype
 
 
@@ -277,6 +286,9 @@ def pack(
     anew on every call), which `out` avoids.
     """
     lengths = [len(s) for s in samples]
+    for name, v in (("max_len", max_len), ("rows", rows)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
     _check_plan(plan, lengths, max_len)
     d, dtype = _check_samples(samples)
     b = len(plan) if rows is None else rows

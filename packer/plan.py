@@ -14,6 +14,7 @@ Rows are returned in closing order, then the rows still open at the end.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 from .bins import make_engine
@@ -23,10 +24,22 @@ __all__ = ["plan_packs", "check_lengths"]
 
 
 def check_lengths(lengths: Sequence[int], max_len: int) -> list[int]:
-    """lengths as a list of ints; ValueError naming the first index and length out of [1, max_len]."""
-    if int(max_len) < 1:
-        raise ValueError(f"max_len must be >= 1, got {max_len}")
-    lens = lengths.tolist() if hasattr(lengths, "tolist") else [int(n) for n in lengths]
+    """lengths as a list of ints; ValueError naming the first index and length that is not an
+    integer (a float is never truncated, Python's or numpy's) or is out of [1, max_len]."""
+    if not _is_int(max_len) or max_len < 1:
+        raise ValueError(f"max_len must be an integer >= 1, got {max_len!r}")
+    if hasattr(lengths, "dtype") and hasattr(lengths, "tolist"):  # a numpy array or a tensor: one dtype check
+        if "int" not in str(lengths.dtype) or getattr(lengths, "ndim", 1) != 1:
+            raise ValueError(f"lengths must be a 1-D integer array, got dtype {lengths.dtype} and shape "
+                             f"{tuple(lengths.shape)}")
+        lens = lengths.tolist()
+    else:
+        lens = list(lengths)
+        bad = next((i for i, n in enumerate(lens) if not _is_int(n)), None)
+        if bad is not None:
+            raise ValueError(f"sample {bad} has length {lens[bad]!r} ({type(lens[bad]).__name__}); lengths are "
+                             "integer token counts")
+        lens = [int(n) for n in lens]
     if lens and (max(lens) > max_len or min(lens) < 1):
         i = next(i for i, n in enumerate(lens) if not 1 <= n <= max_len)
         if lens[i] < 1:
@@ -53,3 +66,7 @@ def run_engine(engine, lens: list[int], *, offline: bool) -> list[list[int]]:
     for i in order:
         add(i, lens[i])
     return engine.flush()
+
+
+def _is_int(n: object) -> bool:
+    return isinstance(n, numbers.Integral) and not isinstance(n, bool)

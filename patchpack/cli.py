@@ -1,24 +1,93 @@
 """The `patchpack` command line.
 
 Each subcommand imports its heavy dependencies lazily, so `patchpack info` works
-on a machine without PyAV or the text extras. User errors (a bad size, a missing
-file) end with a one-line message and exit code 2, never a traceback.
+on a machine without PyAV or the text extras.
+
+One error boundary (`main`): a user error ends in one line on stderr and exit code 2,
+never a traceback. User errors are what the library raises for bad input (ValueError
+and its subclasses: config, decode, sample and checkpoint errors), OSError (a missing
+file, a full disk, a permission), FloatingPointError (a run that diverged) and a
+missing optional module (the message names the extra to install). Anything else is a
+bug and keeps its traceback. `--debug` or PATCHPACK_DEBUG=1 shows the traceback of
+user errors too. Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import runpy
 import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ("packing", "attention", "pipeline", "e2e")
+BENCHMARKS = ("packing", "attention", "pipeline", "e2e", "decode_memory")
 
 
 class UserError(Exception):
     """A problem with what the user asked for: printed as one line, exit code 2."""
+
+
+# what a user can cause (docs/reliability.md); everything else is a bug and keeps its traceback
+USER_ERRORS = (UserError, ValueError, OSError, FloatingPointError)
+
+# optional modules -> the extra of pyproject.toml that installs them
+EXTRAS = {"skimage": "data", "sklearn": "data", "PIL": "data", "matplotlib": "data", "av": "video",
+          "webdataset": "video", "braceexpand": "video", "transformers": "text", "triton": "triton",
+          "hypothesis": "dev", "tensorboard": None}
+
+
+def count(low: int = 1):
+    """An argparse type: an integer >= low (the parser then says which flag, in one line)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        return v
+    return parse
+
+
+def finite(low: float | None = None):
+    """An argparse type: a finite float (NaN and inf refused), > low when low is given."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if low is not None and v <= low:
+            raise argparse.ArgumentTypeError(f"must be > {low:g}, got {v:g}")
+        return v
+    return parse
+
+
+def missing_module(e: ModuleNotFoundError) -> str:
+    """The one-line message for a missing optional module: which extra installs it."""
+    name = (e.name or "").split(".")[0]
+    if name in EXTRAS:
+        extra = EXTRAS[name]
+        how = f"pip install 'patchpack[{extra}]'" if extra else f"pip install {name}"
+        return f"this command needs the optional module {name!r}: {how}"
+    return f"module {e.name!r} is not installed (a broken install? reinstall patchpack): {e}"
+
+
+def one_line(e: BaseException) -> str:
+    """A user error as one line. An error re-raised from a DataLoader worker carries the
+    worker's traceback in its message; its last line is the original error."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    if lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
+        last = re.match(r"^[A-Za-z_][\w.]*(?:Error|Exception|Data|Requested): (.*)$", lines[-1])
+        return last.group(1) if last else lines[-1]  # "pkg.mod.SomeError: message" -> "message"
+    head = lines[0] if len(lines) == 1 else f"{lines[0]} ..."
+    return head if isinstance(e, (UserError, ValueError)) else f"{type(e).__name__}: {head}"
 
 
 # --------------------------------------------------------------------------- info
@@ -69,10 +138,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_synth(args: argparse.Namespace) -> None:
     from patchpack.train.data.synth import synth
 
-    try:
-        synth(args.out, num_samples=args.num_samples, seed=args.seed, shard_size=args.shard_size)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    synth(args.out, num_samples=args.num_samples, seed=args.seed, shard_size=args.shard_size, overwrite=args.overwrite)
 
 
 def cmd_make_shards(args: argparse.Namespace) -> None:
@@ -81,10 +147,9 @@ def cmd_make_shards(args: argparse.Namespace) -> None:
     for path in (args.src, args.captions):
         if not Path(path).exists():
             raise UserError(f"not found: {path}")
-    try:
-        make_shards(args.src, args.captions, args.out, shard_size_mb=args.shard_size_mb, per_caption=args.per_caption)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    make_shards(args.src, args.captions, args.out, shard_size_mb=args.shard_size_mb, per_caption=args.per_caption,
+                overwrite=args.overwrite, check=args.check, max_pixels=args.max_pixels,
+                allow_outside=args.allow_outside_src)
 
 
 # --------------------------------------------------------------------------- train
@@ -93,13 +158,9 @@ def cmd_make_shards(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from patchpack.train.loops.config import TrainConfig
     from patchpack.train.loops.dit_loop import train
-    from patchpack.train.options import ConfigError, load_config
+    from patchpack.train.options import load_config
 
-    try:
-        cfg = load_config(TrainConfig, args.config, args.overrides)
-    except ConfigError as e:
-        raise UserError(str(e)) from None
-    summary = train(cfg)
+    summary = train(load_config(TrainConfig, args.config, args.overrides))
     if summary.get("rank", 0) == 0:  # under torchrun every rank returns; one prints
         print(summary)
 
@@ -107,14 +168,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_train_vae(args: argparse.Namespace) -> None:
     from patchpack.train.loops.vae_config import VAETrainConfig
     from patchpack.train.loops.vae_loop import train_vae
-    from patchpack.train.options import ConfigError, load_config
+    from patchpack.train.options import load_config
 
-    try:
-        cfg = load_config(VAETrainConfig, args.config, args.overrides)
-        summary = train_vae(cfg)
-    except (ConfigError, ValueError) as e:
-        raise UserError(str(e)) from None
-    print(summary)
+    print(train_vae(load_config(VAETrainConfig, args.config, args.overrides)))
 
 
 def cmd_encode_latents(args: argparse.Namespace) -> None:
@@ -124,13 +180,10 @@ def cmd_encode_latents(args: argparse.Namespace) -> None:
     for path in (args.src, args.vae):
         if not Path(path).exists():
             raise UserError(f"not found: {path}")
-    try:
-        data = DataConfig(fps=args.fps, max_seconds=args.max_seconds, max_frames=args.max_frames)
-        encode_latent_shards(args.src, args.vae, args.out, data=data, max_pixels=args.max_pixels,
-                             max_frames=args.max_frames, chunk=args.chunk, shard_size=args.shard_size,
-                             threads=args.threads)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    data = DataConfig(fps=args.fps, max_seconds=args.max_seconds, max_frames=args.max_frames)
+    encode_latent_shards(args.src, args.vae, args.out, data=data, max_pixels=args.max_pixels,
+                         max_frames=args.max_frames, chunk=args.chunk, shard_size=args.shard_size,
+                         threads=args.threads, overwrite=args.overwrite)
 
 
 # --------------------------------------------------------------------------- demo, generate, eval
@@ -138,7 +191,6 @@ def cmd_encode_latents(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from patchpack.train.apps.demo import DemoOptions, run_demo
-    from patchpack.train.options import ConfigError
 
     opts = DemoOptions(out=args.out, config=args.config, overrides=args.overrides, prompts=args.prompts,
                        sample_steps=args.steps, cfg_scale=args.cfg, seed=args.seed)
@@ -146,27 +198,21 @@ def cmd_demo(args: argparse.Namespace) -> None:
         opts.num_samples = args.num_samples
     if args.quick:
         opts = opts.quick()
-    try:
-        run_demo(opts)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        raise UserError(str(e)) from None
+    run_demo(opts)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from patchpack.train.apps.generate import load_run, parse_size, requests, sample, write_outputs
     from patchpack.train.apps.prompting import with_condition
 
-    try:
-        sizes = [parse_size(s) for s in args.size]
-        reqs = requests(args.prompt, sizes=sizes, frames=args.frames or [8])
-        run = load_run(args.ckpt, weights=args.weights, rope_extrapolation=args.rope)
-        reqs = with_condition(run, reqs, image_path=args.image, video_path=args.video, extend_by=args.extend,
-                              backward=args.backward, connect_paths=args.connect, edit_path=args.edit,
-                              strength=args.strength, frames_given=args.frames is not None)
-        t0 = time.perf_counter()
-        videos = sample(run, reqs, steps=args.steps, cfg_scale=args.cfg, seed=args.seed, progress=True)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    sizes = [parse_size(s) for s in args.size]
+    reqs = requests(args.prompt, sizes=sizes, frames=args.frames or [8])
+    run = load_run(args.ckpt, weights=args.weights, rope_extrapolation=args.rope)
+    reqs = with_condition(run, reqs, image_path=args.image, video_path=args.video, extend_by=args.extend,
+                          backward=args.backward, connect_paths=args.connect, edit_path=args.edit,
+                          strength=args.strength, frames_given=args.frames is not None)
+    t0 = time.perf_counter()
+    videos = sample(run, reqs, steps=args.steps, cfg_scale=args.cfg, seed=args.seed, progress=True)
     dt = time.perf_counter() - t0
     write_outputs(args.out, reqs, videos, fps=run.fps,
                   intro=f"{run.checkpoint} ({run.weights} weights), {args.steps} steps, CFG {args.cfg}, seed {args.seed}",
@@ -180,10 +226,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     if not (Path(args.dir) / "manifest.json").is_file():
         raise UserError(f"{args.dir} has no manifest.json (write one with patchpack generate or patchpack demo)")
-    try:
-        report = evaluate_dir(args.dir)
-    except (ValueError, FileNotFoundError) as e:
-        raise UserError(str(e)) from None
+    report = evaluate_dir(args.dir)
     print(format_report(report))
     print(f"  written to {Path(args.dir) / 'eval.json'}")
 
@@ -191,26 +234,46 @@ def cmd_eval(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- main
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the boundary's promise: a bad flag is one line and exit code 2 (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="patchpack", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = Parser(prog="patchpack", description=__doc__.splitlines()[0])
+    debug_help = "show tracebacks for user errors too (or PATCHPACK_DEBUG=1)"
+    p.add_argument("--debug", action="store_true", help=debug_help)
+    common = Parser(add_help=False)  # --debug after the command name works too
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _add = sub.add_parser
+    sub.add_parser = lambda *a, **kw: _add(*a, parents=[common], **kw)  # type: ignore[method-assign]
 
     s = sub.add_parser("info", help="versions, torch threads, attention backends with reasons")
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("synth", help="write the embedded synthetic dataset as webdataset shards")
     s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--num-samples", type=int, default=200)
+    s.add_argument("--num-samples", type=count(1), default=200)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--shard-size", type=int, default=64, help="samples per shard")
+    s.add_argument("--shard-size", type=count(1), default=64, help="samples per shard")
+    s.add_argument("--overwrite", action="store_true", help="delete the shards already in --out first")
     s.set_defaults(func=cmd_synth)
 
     s = sub.add_parser("make-shards", help="convert a folder of videos/images + captions file into shards")
     s.add_argument("src", help="folder with the media files")
     s.add_argument("--captions", required=True, help='JSON/JSONL: [{"file": "video0.mp4", "captions": ["..."]}]')
     s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--shard-size-mb", type=float, default=256.0)
+    s.add_argument("--shard-size-mb", type=finite(0.0), default=256.0)
     s.add_argument("--per-caption", action="store_true", help="one sample per caption instead of all captions per sample")
+    s.add_argument("--overwrite", action="store_true", help="delete the shards already in --out first (refused otherwise)")
+    s.add_argument("--check", choices=("decode", "header"), default="decode",
+                   help="decode: read every frame of every file (one frame in memory); header: sizes only, fast")
+    s.add_argument("--max-pixels", type=count(1), default=8192 * 8192, help="per frame; larger files are skipped")
+    s.add_argument("--allow-outside-src", action="store_true",
+                   help="package files the captions name outside SRC ('..', absolute paths, symlinks)")
     s.set_defaults(func=cmd_make_shards)
 
     s = sub.add_parser("train", help="train the packed DiT from a YAML config plus key=value overrides")
@@ -227,22 +290,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("src", help="pixel shards: a directory, a path or a brace pattern")
     s.add_argument("--vae", required=True, help="an exported VAE directory or a VAE training checkpoint")
     s.add_argument("--out", required=True, help="output directory for the latent shards")
-    s.add_argument("--fps", type=float, default=8.0, help="resample videos to this rate before encoding")
-    s.add_argument("--max-seconds", type=float, default=2.0, help="clip length cap")
-    s.add_argument("--max-frames", type=int, default=None, help="frame cap (rounded down to 1 + k x temporal)")
-    s.add_argument("--max-pixels", type=int, default=None, help="pixels per frame cap (aspect kept)")
-    s.add_argument("--chunk", type=int, default=None, help="latent frames per encode step (long videos)")
-    s.add_argument("--shard-size", type=int, default=64, help="samples per shard")
-    s.add_argument("--threads", type=int, default=None, help="torch threads")
+    s.add_argument("--fps", type=finite(0.0), default=8.0, help="resample videos to this rate before encoding")
+    s.add_argument("--max-seconds", type=finite(0.0), default=2.0, help="clip length cap")
+    s.add_argument("--max-frames", type=count(1), default=None, help="frame cap (rounded down to 1 + k x temporal)")
+    s.add_argument("--max-pixels", type=count(1), default=None, help="pixels per frame cap (aspect kept)")
+    s.add_argument("--chunk", type=count(1), default=None, help="latent frames per encode step (long videos)")
+    s.add_argument("--shard-size", type=count(1), default=64, help="samples per shard")
+    s.add_argument("--threads", type=count(1), default=None, help="torch threads")
+    s.add_argument("--overwrite", action="store_true", help="delete the shards already in --out first (refused otherwise)")
     s.set_defaults(func=cmd_encode_latents)
 
     s = sub.add_parser("demo", help="synth -> train the tiny DiT on CPU -> generate at many sizes -> gallery + eval")
     s.add_argument("--out", default="runs/demo", help="data/, run/, samples/ and summary.json go here")
     s.add_argument("--config", default=None, help="training config (default: configs/demo.yaml of the checkout)")
-    s.add_argument("--num-samples", type=int, default=None, help="synthetic clips to write (default 1200)")
-    s.add_argument("--prompts", type=int, default=8, help="evaluated prompts, each at every demo size")
-    s.add_argument("--steps", type=int, default=25, help="Euler sampling steps")
-    s.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale")
+    s.add_argument("--num-samples", type=count(1), default=None, help="synthetic clips to write (default 1200)")
+    s.add_argument("--prompts", type=count(1), default=8, help="evaluated prompts, each at every demo size")
+    s.add_argument("--steps", type=count(1), default=25, help="Euler sampling steps")
+    s.add_argument("--cfg", type=finite(), default=4.0, help="classifier-free guidance scale")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quick", action="store_true", help="a tiny run of every stage (about a minute; noise out)")
     s.add_argument("overrides", nargs="*", help="training config overrides, e.g. loop.steps=500")
@@ -252,10 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ckpt", required=True, help="a run directory (newest checkpoint) or a checkpoint directory")
     s.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
     s.add_argument("--size", action="append", required=True, help="HEIGHTxWIDTH in pixels; repeat for several")
-    s.add_argument("--frames", type=int, action="append", default=None,
+    s.add_argument("--frames", type=count(1), action="append", default=None,
                    help="frames per video: once for all sizes or once per --size (default 8; 1 = an image)")
-    s.add_argument("--steps", type=int, default=30, help="Euler steps")
-    s.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
+    s.add_argument("--steps", type=count(1), default=30, help="Euler steps")
+    s.add_argument("--cfg", type=finite(), default=4.0, help="classifier-free guidance scale (1 = off)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--weights", choices=("ema", "raw"), default="ema")
     s.add_argument("--rope", choices=("none", "ntk", "pi"), default=None,
@@ -285,16 +349,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("PATCHPACK_DEBUG", "") not in ("", "0")
     try:
         args.func(args)
-    except UserError as e:
-        print(f"patchpack {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
+        print(f"patchpack {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         return 0
+    except ModuleNotFoundError as e:
+        if debug:
+            raise
+        print(f"patchpack {args.command}: error: {missing_module(e)}", file=sys.stderr)
+        return 2
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        print(f"patchpack {args.command}: error: {one_line(e)} (PATCHPACK_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 2
     return 0
 
 

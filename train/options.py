@@ -10,6 +10,7 @@ from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -36,9 +37,15 @@ def load_config(schema: type[T], yaml_path: str | Path | None = None, overrides:
             path = Path(yaml_path)
             if not path.is_file():
                 raise ConfigError(f"config file not found: {path}")
-            layers.append(OmegaConf.load(path))
+            try:
+                layers.append(OmegaConf.load(path))
+            except yaml.YAMLError as e:  # not YAML at all: its first lines say where
+                raise ConfigError(f"{path} is not valid YAML: {_first_line(e)}") from None
         if yaml_text is not None:
-            layers.append(OmegaConf.create(yaml_text))
+            try:
+                layers.append(OmegaConf.create(yaml_text))
+            except yaml.YAMLError as e:
+                raise ConfigError(f"the stored config is not valid YAML: {_first_line(e)}") from None
         if overrides:
             bad = [o for o in overrides if "=" not in o]
             if bad:
@@ -55,6 +62,10 @@ def load_config(schema: type[T], yaml_path: str | Path | None = None, overrides:
 def to_yaml(cfg: Any) -> str:
     """The resolved config as YAML, for the run directory and checkpoints."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def _first_line(e: Exception) -> str:
+    return " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
 
 
 def _one_line(e: OmegaConfBaseException) -> str:

@@ -33,7 +33,10 @@ def vae_config_of(directory: str | os.PathLike) -> VAEConfig:
     if not (d / VAE_CONFIG_NAME).is_file():
         raise ValueError(f"{d} has no {VAE_CONFIG_NAME}: not a VAE directory (an exported VAE or a "
                          "train-vae checkpoint)")
-    return VAEConfig.from_dict(json.loads((d / VAE_CONFIG_NAME).read_text()))
+    try:
+        return VAEConfig.from_dict(json.loads((d / VAE_CONFIG_NAME).read_text()))
+    except (ValueError, TypeError, AttributeError) as e:  # bad JSON, unknown or missing fields
+        raise ValueError(f"{d / VAE_CONFIG_NAME} is not a VAE config ({type(e).__name__}: {e})") from None
 
 
 def load_vae(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> CausalVAE:

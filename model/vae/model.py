@@ -69,6 +69,8 @@ class VAEConfig:
                              f"latent_channels={self.latent_channels}")
         if min(self.widths) < 1 or self.latent_channels < 1 or self.channels < 1 or self.res_blocks < 0:
             raise ValueError(f"widths, latent_channels, channels must be >= 1, res_blocks >= 0: {self}")
+        if not (0 <= self.kl_weight < math.inf and 0 < self.latent_scale < math.inf and math.isfinite(self.logvar_init)):
+            raise ValueError(f"kl_weight must be finite >= 0, latent_scale finite > 0, logvar_init finite: {self}")
 
     @property
     def levels(self) -> int:

@@ -13,6 +13,7 @@ instead of starting over.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -48,6 +49,13 @@ class DemoOptions:
     sample_steps: int = 25  # Euler steps
     cfg_scale: float = 4.0
     seed: int = 0
+
+    def __post_init__(self) -> None:  # before any stage runs, not after the training
+        for name in ("num_samples", "prompts", "sample_steps"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not -math.inf < self.cfg_scale < math.inf:
+            raise ValueError(f"cfg_scale must be a finite number, got {self.cfg_scale}")
 
     def quick(self) -> DemoOptions:
         """A minute-long smoke run of every stage (the pictures are noise): few clips, a 1-block

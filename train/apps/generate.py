@@ -18,6 +18,7 @@ with the run's VAE if it has one, and all requests still share one packed pass.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -30,10 +31,13 @@ from patchpack.model import Condition, DiT, build_models, check_grid, generate
 from patchpack.train.data import from_video_CTHW, to_video_CTHW
 from patchpack.train.loops import (
     TRAINED_PARTS,
+    CorruptCheckpoint,
     TrainConfig,
     ema_part,
     latest_checkpoint,
+    list_checkpoints,
     load_run_state,
+    verify_checkpoint,
 )
 from patchpack.train.options import load_config
 
@@ -87,7 +91,10 @@ def load_run(path: str | Path, *, weights: str = "ema", attn_backend: str | None
     if weights not in WEIGHTS:
         raise ValueError(f"weights={weights!r}, expected one of {WEIGHTS}")
     ckpt = find_checkpoint(path)
-    state = load_run_state(ckpt)
+    try:
+        state = load_run_state(ckpt)
+    except CorruptCheckpoint as e:  # name the bad file, and the newest one that is intact
+        raise CorruptCheckpoint(f"{e}{_fallback_hint(ckpt)}") from None
     cfg = load_config(TrainConfig, yaml_text=state.config)
     changes = {k: v for k, v in (("attn_backend", attn_backend), ("rope_extrapolation", rope_extrapolation)) if v}
     cfg = replace(cfg, model=replace(cfg.model, **changes))
@@ -104,6 +111,17 @@ def load_run(path: str | Path, *, weights: str = "ema", attn_backend: str | None
                 if unexpected:
                     raise ValueError(f"{ckpt}: EMA entries the model does not have: {unexpected[:5]}")
     return LoadedRun(model.eval(), encoder.eval(), cfg, state.step, ckpt, weights, models.vae)
+
+
+def _fallback_hint(bad: Path) -> str:
+    older = [p for p in list_checkpoints(bad.parent) if p.name < bad.name]
+    for p in reversed(older):
+        try:
+            verify_checkpoint(p)
+        except CorruptCheckpoint:
+            continue
+        return f"; the newest intact checkpoint is {p}: pass --ckpt {p}"
+    return ""
 
 
 # --------------------------------------------------------------------------- requests
@@ -142,9 +160,12 @@ def requests(prompts: Sequence[str], *, sizes: Sequence[tuple[int, int]], frames
         frames = list(frames) * len(sizes)
     if len(frames) != len(sizes):
         raise ValueError(f"--frames: give one value for all sizes or one per size; got {len(frames)} for {len(sizes)} sizes")
-    bad = [f for f in frames if f < 1]
+    bad = [f for f in frames if isinstance(f, bool) or not isinstance(f, int) or f < 1]
     if bad:
-        raise ValueError(f"frames must be >= 1, got {bad}")
+        raise ValueError(f"frames must be integers >= 1, got {bad}")
+    empty = [p for p in prompts if not isinstance(p, str)]
+    if empty:
+        raise ValueError(f"prompts must be strings, got {empty[:3]}")
     return [Request(p, t, h, w) for p in prompts for (h, w), t in zip(sizes, frames)]
 
 
@@ -170,6 +191,13 @@ def sample(run: LoadedRun, reqs: Sequence[Request], *, steps: int = 30, cfg_scal
     """
     from tqdm import tqdm
 
+    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not math.isfinite(cfg_scale):
+        raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
+    for name, v in (("steps", steps), ("max_tokens", max_tokens)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
     grids = model_grids(run, reqs, max_tokens=max_tokens)
     conditions = [None if r.condition is None else model_condition(run, r.condition) for r in reqs]
     with tqdm(total=steps, desc="sampling", unit="step", disable=not progress) as bar:

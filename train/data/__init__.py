@@ -5,7 +5,7 @@
     records.py       one record -> caption + decoded video (or a VAE latent)
     media_decode.py  PyAV / Pillow decode at native size; media_encode.py the reverse
     packed_stream.py PackedStream (-> PackedBatch via patchpack.packer) and VideoStream
-    skips.py         bad samples counted by reason
+    skips.py         bad samples counted by reason, the skip list, NoUsableData
 
     from patchpack.train.data import DataConfig, PackedStream
     stream = PackedStream(DataConfig(shards=["shards/"]), PackerConfig(max_len=4096))
@@ -30,7 +30,7 @@ from .packed_stream import PackedStream, VideoStream
 from .reader import derive_seed, expand_shards, read_shard, split_shards
 from .records import MEDIA_EXTS, RecordDecoder, record_key
 from .shards import ShardWriter, make_shards, print_summary, read_captions
-from .skips import SkipCounter, merge_counts
+from .skips import NoUsableData, SkipCounter, format_counts, merge_counts
 from .synth import make_sample, synth
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "IMAGE_EXTS",
     "LATENT_EXT",
     "MEDIA_EXTS",
+    "NoUsableData",
     "PackedStream",
     "RecordDecoder",
     "ShardWriter",
@@ -54,6 +55,7 @@ __all__ = [
     "encode_latent_shards",
     "encode_mp4",
     "expand_shards",
+    "format_counts",
     "from_video_CTHW",
     "latent_members",
     "make_sample",

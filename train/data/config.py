@@ -7,6 +7,8 @@ a caption", which is what the packer's `prepare_sample` takes.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 
@@ -33,6 +35,9 @@ class DataConfig:
     # Refuse absurd inputs before decoding them (counted as skips, not crashes).
     max_pixels: int = 4096 * 4096  # per frame, from the header
     max_source_frames: int = 100_000  # declared frame count of a video
+    # A reader that skips this many samples in a row, none usable, stops with an error
+    # giving the counts by reason, instead of spinning on data it can never use.
+    max_skips_in_a_row: int = 1000
 
     # Shuffling: shard order per epoch (same on every rank), then a buffer of raw
     # (still encoded) samples, so the buffer costs compressed bytes, not pixels.
@@ -42,13 +47,24 @@ class DataConfig:
     def __post_init__(self) -> None:
         if isinstance(self.shards, str):
             self.shards = [self.shards]
-        if self.fps is not None and self.fps <= 0:
-            raise ValueError(f"fps must be > 0 or None, got {self.fps}")
-        if self.stride < 1:
-            raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"fps must be a finite number > 0 or None, got {self.fps}")
+        if self.max_seconds is not None and not (math.isfinite(self.max_seconds) and self.max_seconds > 0):
+            raise ValueError(f"max_seconds must be a finite number > 0 or None, got {self.max_seconds}")
+        for name in ("stride", "max_pixels", "max_source_frames", "max_skips_in_a_row"):
+            _check_int(name, getattr(self, name), low=1)
+        if self.max_frames is not None:
+            _check_int("max_frames", self.max_frames, low=1)
+        if self.epochs is not None:
+            _check_int("epochs", self.epochs, low=1)
+        _check_int("shuffle_buffer", self.shuffle_buffer, low=0)
+        _check_int("seed", self.seed, low=None)
         if self.clip_start not in ("random", "first"):
             raise ValueError(f"clip_start must be 'random' or 'first', got {self.clip_start!r}")
-        if self.shuffle_buffer < 0:
-            raise ValueError(f"shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1 or None, got {self.epochs}")
+
+
+def _check_int(name: str, value, *, low: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")

@@ -17,7 +17,13 @@ exactly as it would pixels (it never knows the difference). `VideoStream` is the
 reading and decoding without the packer, one video at a time (VAE training, encoding).
 
 Bad samples are counted by reason (skips.py) and the stream goes on; `skips` gives
-the counts, including the packer's drops as "packer:<reason>".
+the counts, including the packer's drops as "packer:<reason>". With `skip_log`, every
+skipped sample is also a line of a JSON-lines file. A truncated or corrupt tar counts
+the samples it lost when the shard index (reader.py) says how many it held. A reader
+that skips `data.max_skips_in_a_row` samples in a row, none usable, raises NoUsableData
+with the counts by reason instead of spinning forever. Stop signals (patchpack.train.stop)
+are honoured between records, where the state is whole: a checkpoint taken after the
+StopRequested resumes exactly.
 
 Resume. With num_workers=0, `state_dict()` taken between batches holds the epoch,
 the shard cursor and the samples read from the current shard, the shuffle buffer's
@@ -33,19 +39,24 @@ packer's buffer per worker); everything else is read exactly once.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import random
-import tarfile
 from collections.abc import Iterator, Mapping
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from patchpack.train.stop import check as check_stop
+from patchpack.train.stop import interruptible
+
 from .config import DataConfig
 from .media_decode import DecodeError
-from .reader import derive_seed, expand_shards, read_shard, split_shards
+from .reader import READ_ERRORS, derive_seed, expand_shards, read_shard, shard_loss, split_shards
 from .records import RecordDecoder, record_from_state, record_key, record_to_state
-from .skips import SkipCounter, merge_counts
+from .skips import NoUsableData, SkipCounter, format_counts, merge_counts
+
+log = logging.getLogger("patchpack.train.data")
 
 # --------------------------------------------------------------------------- one worker's stream
 
@@ -55,7 +66,7 @@ class _Stream:
 
     def __init__(self, data: DataConfig, packer_cfg, urls: list[str], *, rank: int, world_size: int,
                  worker: int, num_workers: int, position: Mapping | None = None,
-                 skips: Mapping[str, int] | None = None) -> None:
+                 skips: Mapping[str, int] | None = None, skip_log: str | os.PathLike | None = None) -> None:
         from patchpack.packer import StreamPacker
 
         self.data, self.packer_cfg, self.urls = data, packer_cfg, urls
@@ -70,7 +81,11 @@ class _Stream:
         # no packer_cfg: a VideoStream, which yields decoded videos and never packs
         self.packer = StreamPacker(packer_cfg, seed=derive_seed(*base, "pack") % 2**31) if packer_cfg is not None else None
         self.buffer: list[dict] = []
-        self.skips = SkipCounter(skips)
+        self.skip_log = skip_log
+        self.skips = SkipCounter(skips, log_path=skip_log, where={"rank": rank, "worker": worker})
+        self.in_a_row = 0  # samples skipped since the last usable one
+        self.refused = False  # the consumer of videos() refused the last sample (refuse())
+        self.index: dict[str, dict] = {}  # directory -> its shard index, read once
         self.batches = 0
 
     # -- the pipeline, outermost last
@@ -84,15 +99,19 @@ class _Stream:
                                 worker=self.worker, num_workers=self.num_workers)
             while self.cursor < len(mine):
                 url, skip = mine[self.cursor], self.offset
+                read, error = 0, None
                 try:
                     for i, rec in enumerate(read_shard(url, d.allow_pipe)):
+                        read = i + 1
                         if i < skip:
                             continue  # resuming inside this shard: read, not decoded
+                        check_stop()  # a safe point: every record before this one is accounted for
                         self.offset += 1
                         got_any = True
                         yield rec
-                except (tarfile.TarError, OSError, ValueError) as e:
-                    self.skips.add("bad_shard", f"{type(e).__name__}: {e}", key=url)
+                except READ_ERRORS as e:
+                    error = f"{type(e).__name__}: {e}"
+                self._account_shard(url, read, error)
                 self.cursor, self.offset = self.cursor + 1, 0
             self.epoch, self.cursor = self.epoch + 1, 0
             if fresh and not got_any and d.epochs is None:  # would spin forever
@@ -123,20 +142,66 @@ class _Stream:
             key = record_key(rec)
             try:
                 video_CTHW, meta = self.decoder.decode(rec)
-                yield prepare_sample(video_CTHW, config=self.packer_cfg, generator=self.gen, key=key, meta=meta)
+                sample = prepare_sample(video_CTHW, config=self.packer_cfg, generator=self.gen, key=key, meta=meta)
             except (DecodeError, SampleError) as e:
-                self.skips.add(e.reason, str(e), key=key)
+                self._skip(e.reason, e.message, key)
+                continue
+            dropped = self._packer_dropped()
+            yield sample
+            if self._packer_dropped() > dropped:  # the packer refused it (and counted why)
+                self._in_a_row(1)
+            else:
+                self.in_a_row = 0
 
     def videos(self) -> Iterator[tuple[str, torch.Tensor, dict]]:
-        """(key, float [C, T, H, W], meta) per readable sample, skips counted as in _samples."""
+        """(key, float [C, T, H, W], meta) per readable sample, skips counted as in _samples.
+        A consumer that cannot use a sample calls `refuse` before asking for the next one."""
         for rec in self._shuffled():
             key = record_key(rec)
             try:
                 video_CTHW, meta = self.decoder.decode(rec)
             except DecodeError as e:
-                self.skips.add(e.reason, str(e), key=key)
+                self._skip(e.reason, e.message, key)
                 continue
+            self.refused = False
             yield key, video_CTHW, meta
+            if not self.refused:
+                self.in_a_row = 0
+
+    def refuse(self, key: str, reason: str, message: str) -> None:
+        """Count the sample videos() just gave as skipped: its consumer could not use it."""
+        self.refused = True
+        self._skip(reason, message, key)
+
+    # -- skips
+
+    def _skip(self, reason: str, message: str, key: str) -> None:
+        self.skips.add(reason, message, key=key)
+        self._in_a_row(1)
+
+    def _in_a_row(self, n: int) -> None:
+        self.in_a_row += n
+        limit = self.data.max_skips_in_a_row
+        if self.in_a_row >= limit:
+            counts = self.skip_counts()
+            where = f" (all in {self.skip_log})" if self.skip_log is not None else ""
+            raise NoUsableData(
+                f"{self.in_a_row} samples in a row were skipped and none was usable (rank {self.rank}, "
+                f"worker {self.worker}; data.max_skips_in_a_row={limit}); skipped so far: "
+                f"{format_counts(counts)}{where}", counts)
+
+    def _account_shard(self, url: str, read: int, error: str | None) -> None:
+        """After a shard: count the samples a truncated or corrupt tar lost (reader.shard_loss)."""
+        loss = shard_loss(url, read, error, self.index)
+        if loss is not None:
+            reason, lost, message = loss
+            self.skips.add(reason, message, key=url, count=lost)
+        elif error is not None:
+            log.warning("shard %s: %s after all %d samples its index lists", url, error, read)
+
+    def _packer_dropped(self) -> int:
+        dropped = _get(_get(self.packer, "stats", {}), "dropped_by_reason", {}) or {}
+        return sum(int(v) for v in dict(dropped).values())
 
     def __iter__(self):
         # a finite stream closes the packer's open rows at the end; an endless one never ends
@@ -167,6 +232,7 @@ class _Stream:
             "generator": self.gen.get_state(),
             "packer": self.packer.state_dict() if self.packer is not None else None,
             "skips": dict(self.skips.counts),
+            "in_a_row": self.in_a_row,
             "batches": self.batches,
         }
 
@@ -178,7 +244,8 @@ class _Stream:
         self.gen.set_state(sd["generator"])
         if self.packer is not None:
             self.packer.load_state_dict(sd["packer"])
-        self.skips = SkipCounter(sd["skips"])
+        self.skips = SkipCounter(sd["skips"], log_path=self.skip_log, where=self.skips.where)
+        self.in_a_row = int(sd.get("in_a_row", 0))
         self.batches = int(sd["batches"])
 
 
@@ -204,12 +271,16 @@ class PackedStream(IterableDataset):
     rank/world_size default to torch.distributed's (or 0/1); worker/num_workers to the
     DataLoader worker's (or 0/1). Passing them explicitly simulates a split in tests.
     Each batch has `meta[i]["caption"]` (one caption picked per read, seeded).
+    skip_log: a JSON-lines file every reader appends each skipped sample to (e.g. a run's
+    skipped.jsonl); None keeps only the counts.
     """
 
     def __init__(self, data: DataConfig, packer, *, rank: int | None = None, world_size: int | None = None,
-                 worker: int | None = None, num_workers: int | None = None) -> None:
+                 worker: int | None = None, num_workers: int | None = None,
+                 skip_log: str | os.PathLike | None = None) -> None:
         super().__init__()
         self.data, self.packer_cfg = data, packer
+        self.skip_log = None if skip_log is None else str(skip_log)
         self.urls = expand_shards(data.shards, allow_pipe=data.allow_pipe)
         if rank is None or world_size is None:
             rank, world_size = _dist_rank_world()
@@ -233,10 +304,7 @@ class PackedStream(IterableDataset):
 
     def __iter__(self) -> Iterator:
         physical, nw = self._worker()
-        total = self.world_size * nw
-        if len(self.urls) < total:
-            raise ValueError(f"{len(self.urls)} shards cannot feed world_size={self.world_size} x "
-                             f"num_workers={nw} = {total} readers; write more, smaller shards")
+        self._check_readers(nw)
         pending = self._pending
         logical, position, exact, skips = physical, None, None, None
         if pending is not None and pending.get("mode") == "exact":
@@ -250,7 +318,7 @@ class PackedStream(IterableDataset):
             position = pending["workers"].get(str(logical))
             skips = pending["skips"].get(str(logical))
         stream = _Stream(self.data, self.packer_cfg, self.urls, rank=self.rank, world_size=self.world_size,
-                         worker=logical, num_workers=nw, position=position, skips=skips)
+                         worker=logical, num_workers=nw, position=position, skips=skips, skip_log=self.skip_log)
         if exact is not None:
             stream.load_state_dict(exact)
         if get_worker_info() is None:
@@ -270,6 +338,7 @@ class PackedStream(IterableDataset):
             for batch in self:
                 yield (batch, self._live.info()) if with_info else batch
             return
+        self._check_readers(num_workers)  # here, not in a worker: one clean error in this process
         self._loader_workers = num_workers
         pending = self._pending if (self._pending or {}).get("mode") == "workers" else None
         self._observed_batches = int(pending["batches"]) if pending else 0
@@ -278,10 +347,23 @@ class PackedStream(IterableDataset):
         shipped = copy.copy(self)
         shipped._with_info = True
         dl = DataLoader(shipped, batch_size=None, num_workers=num_workers, collate_fn=_identity, **dataloader_kwargs)
-        for batch, info in dl:
+        it = iter(dl)
+        while True:
+            with interruptible():  # waiting on workers holds no state here: a signal may stop it at once
+                item = next(it, None)
+            if item is None:
+                return
+            batch, info = item
             self._observed[int(info["worker"])] = info
             self._observed_batches += 1
             yield (batch, info) if with_info else batch
+
+    def _check_readers(self, num_workers: int) -> None:
+        total = self.world_size * num_workers
+        if len(self.urls) < total:
+            raise ValueError(f"{len(self.urls)} shards cannot feed world_size={self.world_size} x "
+                             f"num_workers={num_workers} = {total} readers; write more, smaller shards "
+                             "or lower loop.num_workers")
 
     @property
     def skips(self) -> dict[str, int]:
@@ -315,7 +397,8 @@ class VideoStream:
     bitwise, as PackedStream does with num_workers=0. `skips`: reason -> count.
     """
 
-    def __init__(self, data: DataConfig, *, rank: int | None = None, world_size: int | None = None) -> None:
+    def __init__(self, data: DataConfig, *, rank: int | None = None, world_size: int | None = None,
+                 skip_log: str | os.PathLike | None = None) -> None:
         self.data = data
         self.urls = expand_shards(data.shards, allow_pipe=data.allow_pipe)
         if rank is None or world_size is None:
@@ -323,10 +406,16 @@ class VideoStream:
         if not 0 <= rank < world_size or len(self.urls) < world_size:
             raise ValueError(f"need 0 <= rank < world_size <= shards, got rank={rank}, "
                              f"world_size={world_size}, {len(self.urls)} shards")
-        self._stream = _Stream(data, None, self.urls, rank=rank, world_size=world_size, worker=0, num_workers=1)
+        self._stream = _Stream(data, None, self.urls, rank=rank, world_size=world_size, worker=0, num_workers=1,
+                               skip_log=skip_log)
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor, dict]]:
         return self._stream.videos()
+
+    def skip(self, key: str, reason: str, message: str) -> None:
+        """Count the sample just yielded as skipped: its consumer could not use it (e.g. too
+        small for the VAE). It counts towards data.max_skips_in_a_row like any other skip."""
+        self._stream.refuse(key, reason, message)
 
     @property
     def skips(self) -> dict[str, int]:

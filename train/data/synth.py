@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .media_encode import encode_image, encode_mp4
-from .shards import ShardWriter, print_summary
+from .shards import ShardWriter, prepare_out_dir, print_summary
 
 FPS = 8
 FRAMES = (1, 1, 8, 16, 24, 32, 48)  # images are one-frame videos
@@ -49,20 +49,26 @@ MOTIONS = ("pan left", "pan right", "pan up", "pan down", "zoom in", "zoom out")
 
 def synth(out_dir: str | Path, *, num_samples: int = 200, seed: int = 0, shard_size: int = 64,
           photo_fraction: float = 0.35, max_side: int = 256, min_side: int = 64,
-          progress: bool = True) -> dict:
+          overwrite: bool = False, progress: bool = True) -> dict:
     """Write `num_samples` synthetic samples as webdataset shards of `shard_size` samples.
 
+    overwrite: replace the shards already in out_dir (refused otherwise, shards.prepare_out_dir).
     Returns {"written", "shards", "bytes", "skipped", "kinds"} and prints it.
     """
+    import PIL  # noqa: F401 - the [data] extra; when it is missing, fail here, before writing anything
+    import skimage.data  # noqa: F401
+    import sklearn.datasets  # noqa: F401
     from tqdm import tqdm
 
     if num_samples < 1 or shard_size < 1:
         raise ValueError(f"num_samples and shard_size must be >= 1, got {num_samples}, {shard_size}")
     if not 16 <= min_side <= max_side:
         raise ValueError(f"need 16 <= min_side <= max_side, got {min_side}, {max_side}")
+    if not 0.0 <= photo_fraction <= 1.0:
+        raise ValueError(f"photo_fraction must be in [0, 1], got {photo_fraction}")
     rng = random.Random(seed)
     kinds: dict[str, int] = {}
-    with ShardWriter(out_dir, max_count=shard_size) as writer:
+    with ShardWriter(prepare_out_dir(out_dir, overwrite=overwrite), max_count=shard_size) as writer:
         for i in tqdm(range(num_samples), desc="synth", unit="sample", disable=not progress):
             frames_THWC, caption, attrs = make_sample(rng, photo_fraction=photo_fraction,
                                                       min_side=min_side, max_side=max_side)

@@ -9,15 +9,29 @@
     optim.py       AdamW groups, warmup + cosine, EMA;  metrics.py  metrics.jsonl and the console
 """
 
-from .checkpoint import latest_checkpoint, list_checkpoints, resolve_resume
+from .checkpoint import (
+    CorruptCheckpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    resolve_resume,
+    verify_checkpoint,
+)
 from .config import DiTLoopConfig, LoopConfig, OptimConfig, TrainConfig
 from .dit_loop import train
-from .run_state import TRAINED_PARTS, RunState, ema_part, load_run_state, save_run_state
+from .run_state import (
+    TRAINED_PARTS,
+    RunState,
+    ema_part,
+    load_resume,
+    load_run_state,
+    save_run_state,
+)
 from .vae_config import VAETrainConfig
 from .vae_loop import train_vae
 
 __all__ = [
     "TRAINED_PARTS",
+    "CorruptCheckpoint",
     "DiTLoopConfig",
     "LoopConfig",
     "OptimConfig",
@@ -27,9 +41,11 @@ __all__ = [
     "ema_part",
     "latest_checkpoint",
     "list_checkpoints",
+    "load_resume",
     "load_run_state",
     "resolve_resume",
     "save_run_state",
     "train",
     "train_vae",
+    "verify_checkpoint",
 ]

@@ -18,13 +18,15 @@ exact model and flow the run trained.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 from patchpack.model import ConditioningConfig, DiTConfig, FlowConfig, dit_config
 from patchpack.packer import PackerConfig
 from patchpack.train.data import DataConfig
 
-__all__ = ["TrainConfig", "OptimConfig", "LoopConfig", "DiTLoopConfig", "check_loop"]
+__all__ = ["TrainConfig", "OptimConfig", "LoopConfig", "DiTLoopConfig", "check_loop", "check_int", "check_range"]
 
 
 @dataclass
@@ -35,6 +37,17 @@ class OptimConfig:
     warmup: int = 50  # linear warmup steps
     min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr, reached at loop.steps
     grad_clip: float = 1.0  # max global grad norm; <= 0 turns clipping off
+
+    def __post_init__(self) -> None:
+        check_range("optim.lr", self.lr, low=0.0, low_open=True)
+        check_range("optim.weight_decay", self.weight_decay, low=0.0)
+        check_range("optim.min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
+        check_range("optim.grad_clip", self.grad_clip)
+        check_int("optim.warmup", self.warmup, low=0)
+        if len(self.betas) != 2:
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        for b in self.betas:
+            check_range("optim.betas", b, low=0.0, high=1.0, high_open=True)
 
 
 @dataclass
@@ -48,6 +61,12 @@ class LoopConfig:
     resume: str = "auto"  # "auto": latest in run_dir/checkpoints if any; "none"; or a checkpoint path
     threads: int = 2  # torch.set_num_threads
     time_limit: float | None = None  # seconds; stop (and checkpoint) at the first step past it
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "log_every", "ckpt_every", "keep", "threads"):
+            check_int(f"loop.{name}", getattr(self, name), low=1)
+        if self.time_limit is not None:
+            check_range("loop.time_limit", self.time_limit, low=0.0, low_open=True)
 
 
 @dataclass
@@ -65,6 +84,13 @@ class DiTLoopConfig(LoopConfig):
     precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; "fp32" | "bf16"
     grad_checkpointing: bool = False  # recompute each DiT block in backward: ~1 extra forward, less memory
     compile: bool = False  # torch.compile each DiT block (first steps pay the compile time)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("loop.ema_decay", self.ema_decay, low=0.0, high=1.0, high_open=True)
+        check_range("loop.caption_dropout", self.caption_dropout, low=0.0, high=1.0)
+        check_int("loop.max_nonfinite", self.max_nonfinite, low=1)
+        check_int("loop.num_workers", self.num_workers, low=0)
 
 
 def _packer() -> PackerConfig:
@@ -88,6 +114,27 @@ class TrainConfig:
     vae: str | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     loop: DiTLoopConfig = field(default_factory=DiTLoopConfig)
+
+
+def check_int(name: str, value: object, *, low: int | None = None) -> None:
+    """ValueError naming `name` unless value is an integer (not a bool) >= low."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
+def check_range(name: str, value: object, *, low: float = -math.inf, high: float = math.inf,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """ValueError naming `name` unless value is a finite number in the range (NaN and inf never are)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+        if high == math.inf:
+            want = f"{'>' if low_open else '>='} {low:g}"
+        else:
+            want = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be {want}, got {value}")
 
 
 def check_loop(loop: LoopConfig, *, data: DataConfig) -> None:

@@ -37,7 +37,7 @@ from patchpack.model import DiT, build_models, condition_batch, flow_loss
 from patchpack.model.checkpoint import CONFIG_NAME
 from patchpack.model.flow import sample_timesteps
 from patchpack.model.text import drop_captions
-from patchpack.train.data import PackedStream, merge_counts
+from patchpack.train.data import NoUsableData, PackedStream, format_counts, merge_counts
 from patchpack.train.options import to_yaml
 from patchpack.train.parallel import (
     DistInfo,
@@ -59,15 +59,28 @@ from patchpack.train.parallel import (
     sum_ranks,
     wrap_data_parallel,
 )
+from patchpack.train.stop import StopRequested
 
-from .checkpoint import latest_checkpoint, resolve_resume
+from .checkpoint import latest_checkpoint
 from .config import TrainConfig, check_loop
 from .metrics import MetricsLog, Progress
 from .optim import EMA, adamw, warmup_cosine
-from .run_state import TRAINED_PARTS, RunState, load_run_state, save_run_state
+from .run_state import TRAINED_PARTS, RunState, load_resume, load_weights, save_run_state
 from .skeleton import StepOutcome, run_loop
 
-__all__ = ["train", "DiTTask", "FlowObjective"]
+__all__ = ["train", "DiTTask", "FlowObjective", "no_data_error", "SKIP_LOG"]
+
+SKIP_LOG = "skipped.jsonl"  # in run_dir: one line per skipped sample (every rank and worker appends)
+
+
+def no_data_error(skips: dict[str, int], *, resumed: bool) -> NoUsableData:
+    """The error of a run whose data ended before its first step: it must not pass for a trained run."""
+    if resumed and not skips:
+        return NoUsableData("the data stream of the checkpoint is already at its end (data.epochs); "
+                            "raise data.epochs or start a new run_dir")
+    n = sum(skips.values())
+    what = f"skipped {n} samples ({format_counts(skips)}), see {SKIP_LOG} in run_dir" if n else "the shards hold no samples"
+    return NoUsableData(f"the data ended before the first step, with no usable sample: {what}", skips)
 
 
 def _trained(model: DiT, encoder: nn.Module) -> nn.ModuleDict:
@@ -210,19 +223,18 @@ class DiTTask:
         self.model, self.encoder = models.dit.to(self.device), models.text_encoder.to(self.device)
         self.trained = _trained(self.model, self.encoder).train()
         self.gens = _Generators(_rank_seed(cfg.seed, info.rank), self.device)
-        self.stream = PackedStream(cfg.data, cfg.packer, rank=info.rank, world_size=info.world_size)
+        self.stream = PackedStream(cfg.data, cfg.packer, rank=info.rank, world_size=info.world_size,
+                                   skip_log=Path(cfg.run_dir) / SKIP_LOG)
         self.step, self.nonfinite_total, self.nonfinite_run = 0, 0, 0
         self.seen_grid = [1, 1, 1]  # the largest patch grid per axis in the data so far
         self.last_loss = math.nan
         self.window = _Window()
 
-        state = None
-        resume = resolve_resume(lp.resume, self.ckpt_dir)
-        if resume is not None:  # every rank reads the same checkpoint; weights before any sharding
-            state = load_run_state(resume)
-            self.model.load_state_dict(state.weights)
+        state = load_resume(lp.resume, self.ckpt_dir)  # every rank reads the same checkpoint
+        if state is not None:  # weights before any sharding
+            load_weights(self.model, state.weights, state)
             if "text" in self.trained:
-                self.encoder.load_state_dict(state.text)
+                load_weights(self.encoder, state.text, state, "text-encoder weights")
             mine = state.rank(info.rank, info.world_size)
             self.stream.load_state_dict(mine["data"])
             self.gens.load(mine["rng"])
@@ -274,7 +286,10 @@ class DiTTask:
 
     def train_step(self) -> StepOutcome:
         lp, op = self.cfg.loop, self.cfg.optim
-        batch = next(self.batches, None)
+        try:
+            batch, stop = next(self.batches, None), False
+        except StopRequested:  # a signal while the stream read (or skipped) records: its state is whole
+            batch, stop = None, True
         out = None
         if batch is not None:
             if self.device.type != "cpu":
@@ -286,8 +301,13 @@ class DiTTask:
                 batch, _ = condition_batch(batch, self.cfg.conditioning, patch=tuple(self.cfg.packer.patch),
                                            channels=self.model.config.in_channels, generator=self.gens.cond)
             out = self.objective(batch, captions, t_S, self.gens.noise)
-        exhausted, bad_loss = self.agree([batch is None, out is not None and not bool(torch.isfinite(out.loss))])
+        stop, exhausted, bad_loss = self.agree([stop, batch is None and not stop,
+                                                out is not None and not bool(torch.isfinite(out.loss))])
+        if stop:
+            return "stopped"
         if exhausted:
+            if self.step == self.start_step:
+                raise no_data_error(self.stream.skips, resumed=self.start_step > 0)
             return "exhausted"
         self.optimizer.zero_grad(set_to_none=True)
         reason = "nonfinite_loss" if bad_loss else None
@@ -303,8 +323,9 @@ class DiTTask:
             if self.metrics is not None:
                 self.metrics.log(self.step, {"skipped_step": reason, "nonfinite_total": self.nonfinite_total})
             if self.nonfinite_run >= lp.max_nonfinite:
-                raise RuntimeError(f"{self.nonfinite_run} non-finite steps in a row at step {self.step} "
-                                   f"(last: {reason}); stopping (loop.max_nonfinite={lp.max_nonfinite})")
+                raise FloatingPointError(f"{self.nonfinite_run} non-finite steps in a row at step {self.step} "
+                                         f"(last: {reason}); stopping (loop.max_nonfinite={lp.max_nonfinite}); "
+                                         "lower optim.lr or check the data")
             return "skipped"
         self.nonfinite_run = 0
         self.optimizer.step()

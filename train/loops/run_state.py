@@ -27,15 +27,25 @@ In the spirit of torchtitan's CheckpointManager, whose states are named ("model"
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CorruptCheckpoint,
+    list_checkpoints,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+)
 
-__all__ = ["TRAINED_PARTS", "RunState", "save_run_state", "load_run_state", "ema_part"]
+__all__ = ["TRAINED_PARTS", "RunState", "save_run_state", "load_run_state", "load_resume", "load_weights",
+           "ema_part"]
+
+log = logging.getLogger("patchpack.train.loops")
 
 TRAINED_PARTS = ("dit", "text")  # the modules the DiT loop's optimizer and EMA own, by name
 
@@ -55,6 +65,7 @@ class RunState:
     seen_grid: list[int] | None = None
     world_size: int = 1
     extra: dict[str, Any] = field(default_factory=dict)  # a loop's own named entries
+    path: Path | None = None  # the checkpoint directory it was loaded from (not saved)
 
     def rank(self, rank: int, world_size: int) -> dict:
         """This rank's {"data", "rng"} entry; ValueError when the world size changed."""
@@ -79,12 +90,43 @@ def save_run_state(ckpt_dir: str | Path, state: RunState, *, keep: int) -> Path:
 
 
 def load_run_state(path: str | Path) -> RunState:
-    """Read the checkpoint directory `path` (never unpickles)."""
+    """Read the checkpoint directory `path` (never unpickles); CorruptCheckpoint if it does not load."""
     step, weights, tree = load_checkpoint(path)
-    if "ranks" not in tree:  # one process, written before per-rank entries existed
-        tree["ranks"] = [{"data": tree.pop("data"), "rng": tree.pop("rng")}]
-    named = {k: tree.pop(k) for k in _NAMED if k in tree}
-    return RunState(step=step, weights=weights, **named, extra=tree)
+    try:
+        if "ranks" not in tree:  # one process, written before per-rank entries existed
+            tree["ranks"] = [{"data": tree.pop("data"), "rng": tree.pop("rng")}]
+        named = {k: tree.pop(k) for k in _NAMED if k in tree}
+        return RunState(step=step, weights=weights, **named, extra=tree, path=Path(path))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise CorruptCheckpoint(f"{Path(path) / 'state.json'} lacks the run-state entries ({type(e).__name__}: {e})") from None
+
+
+def load_resume(resume: str, ckpt_dir: str | Path) -> RunState | None:
+    """A loop's `resume` option -> the state to continue from, or None to start fresh.
+
+    "auto": the newest checkpoint in ckpt_dir that loads. A corrupt one (CorruptCheckpoint:
+    a checksum or parse failure) is skipped with a warning naming it, and the one before
+    is tried; when none loads, CorruptCheckpoint lists them all. A path: that checkpoint,
+    or CorruptCheckpoint naming its bad file. "none": None."""
+    if resume != "auto":
+        path = resolve_resume(resume, ckpt_dir)
+        return None if path is None else load_run_state(path)
+    bad: list[str] = []
+    for path in reversed(list_checkpoints(ckpt_dir)):
+        try:
+            state = load_run_state(path)
+        except CorruptCheckpoint as e:
+            log.warning("checkpoint %s does not load, trying the one before it: %s", path.name, e)
+            bad.append(str(e))
+            continue
+        if bad:
+            log.warning("resuming from %s (step %d), not from the newest checkpoint, which is corrupt",
+                        path, state.step)
+        return state
+    if bad:
+        raise CorruptCheckpoint(f"no checkpoint in {ckpt_dir} loads ({'; '.join(bad)}); "
+                                "set loop.resume=none to start over")
+    return None
 
 
 def ema_part(ema: dict[str, Tensor], part: str) -> dict[str, Tensor]:
@@ -93,3 +135,14 @@ def ema_part(ema: dict[str, Tensor], part: str) -> dict[str, Tensor]:
         raise ValueError(f"part={part!r}, expected one of {TRAINED_PARTS}")
     prefix = f"{part}."
     return {k[len(prefix):]: v for k, v in ema.items() if k.startswith(prefix)}
+
+
+def load_weights(module, weights: dict[str, Tensor], state: RunState, what: str = "weights") -> None:
+    """module.load_state_dict(weights), strictly; a mismatch is a ValueError naming the checkpoint
+    (a resume with another model config), not a RuntimeError traceback."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ValueError(f"checkpoint {state.path}: its {what} do not fit this run's model ({first}); resume "
+                         "with the config it was written with, or set loop.resume=none") from None

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from patchpack.model.vae import VAEConfig
 from patchpack.train.data.config import DataConfig
 
-from .config import LoopConfig, OptimConfig
+from .config import LoopConfig, OptimConfig, check_int, check_range
 
 
 @dataclass
@@ -22,16 +22,27 @@ class VAEClipConfig:
     max_pixels: int = 64 * 64  # per frame
     max_frames: int = 9  # 1 + 2*4: two latent frames after the first at temporal=4
 
+    def __post_init__(self) -> None:
+        check_int("clip.max_pixels", self.max_pixels, low=1)
+        check_int("clip.max_frames", self.max_frames, low=1)
+
 
 @dataclass
 class VAELossConfig:
     ssim_weight: float = 0.2  # weight of (1 - SSIM), the LPIPS-free perceptual proxy, beside L1
     sample: bool = True  # decode a posterior sample (True, a VAE) or the mean (False, an AE)
 
+    def __post_init__(self) -> None:
+        check_range("loss.ssim_weight", self.ssim_weight, low=0.0)
+
 
 @dataclass
 class VAELoopConfig(LoopConfig):
     accum: int = 2  # clips per optimizer step: one clip per forward, gradients summed (docs/vae.md)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("loop.accum", self.accum, low=1)
 
 
 @dataclass
@@ -42,6 +53,14 @@ class VAEEvalConfig:
                                                             [1, 128, 128], [33, 96, 160]])
     per_size: int = 4  # clips per size
     seed: int = 1000
+
+    def __post_init__(self) -> None:
+        check_int("eval.per_size", self.per_size, low=1)
+        for s in self.sizes:
+            if len(s) != 3:
+                raise ValueError(f"eval.sizes entries are (T, H, W), got {list(s)}")
+            for v in s:
+                check_int("eval.sizes", v, low=1)
 
 
 @dataclass

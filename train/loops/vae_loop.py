@@ -30,12 +30,14 @@ from torch import Tensor
 from patchpack.model.vae import VAE_CONFIG_NAME, CausalVAE, fit_to_vae, psnr, save_vae, vae_loss
 from patchpack.train.data import VideoStream, to_video_CTHW
 from patchpack.train.options import to_yaml
+from patchpack.train.stop import StopRequested
 
-from .checkpoint import latest_checkpoint, resolve_resume
+from .checkpoint import latest_checkpoint
 from .config import check_loop
+from .dit_loop import SKIP_LOG, no_data_error
 from .metrics import MetricsLog
 from .optim import adamw, warmup_cosine
-from .run_state import RunState, load_run_state, save_run_state
+from .run_state import RunState, load_resume, load_weights, save_run_state
 from .skeleton import StepOutcome, run_loop
 from .vae_config import VAETrainConfig
 
@@ -104,11 +106,17 @@ def _check(cfg: VAETrainConfig) -> None:
 
 
 def _clips(stream: VideoStream, cfg: VAETrainConfig):
-    """Fitted pixel clips from the stream; a latent shard here is a config mistake."""
+    """Fitted pixel clips from the stream; a latent shard here is a config mistake, a clip the
+    VAE cannot take (smaller than its spatial factor) a counted skip."""
     for key, video, meta in stream:
         if "latent" in meta:
             raise ValueError(f"{key}: data.shards holds latent shards; train the VAE on pixel shards")
-        yield fit_to_vae(video, config=cfg.vae, max_pixels=cfg.clip.max_pixels, max_frames=cfg.clip.max_frames)
+        try:
+            clip = fit_to_vae(video, config=cfg.vae, max_pixels=cfg.clip.max_pixels, max_frames=cfg.clip.max_frames)
+        except ValueError as e:
+            stream.skip(key, "vae_unfit", str(e))
+            continue
+        yield clip
 
 
 _WINDOW = ("loss", "l1", "ssim", "kl", "psnr", "grad_norm", "steps", "clips", "pixels")
@@ -131,12 +139,11 @@ class VAETask:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: warmup_cosine(s, warmup=op.warmup, total=lp.steps, min_ratio=op.min_lr_ratio))
         self.gen = torch.Generator().manual_seed(cfg.seed)  # posterior samples
-        self.stream = VideoStream(cfg.data)
+        self.stream = VideoStream(cfg.data, skip_log=self.run_dir / SKIP_LOG)
         self.step = 0
-        resume = resolve_resume(lp.resume, self.ckpt_dir)
-        if resume is not None:
-            state = load_run_state(resume)
-            self.vae.load_state_dict(state.weights)
+        state = load_resume(lp.resume, self.ckpt_dir)
+        if state is not None:
+            load_weights(self.vae, state.weights, state)
             self.optimizer.load_state_dict(state.optimizer)
             self.scheduler.load_state_dict(state.scheduler)
             mine = state.rank(0, 1)
@@ -164,7 +171,10 @@ class VAETask:
         self.optimizer.zero_grad(set_to_none=True)
         got = 0
         for _ in range(cfg.loop.accum):
-            x = next(self.clips, None)
+            try:
+                x = next(self.clips, None)
+            except StopRequested:  # the stream's state is whole; the clips of this step are dropped
+                return "stopped"
             if x is None:
                 break
             out = self.vae(x[None], sample=cfg.loss.sample, generator=self.gen)
@@ -177,11 +187,13 @@ class VAETask:
             w["psnr"] += psnr(out.recon.detach(), x[None])
             w["pixels"] += x[0].numel()
         if got == 0:
+            if self.step == self.start_step:
+                raise no_data_error(self.stream.skips, resumed=self.start_step > 0)
             return "exhausted"
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.vae.parameters(), clip))
         if not math.isfinite(grad_norm):
-            raise RuntimeError(f"non-finite gradient norm at step {self.step}; lower optim.lr")
+            raise FloatingPointError(f"non-finite gradient norm at step {self.step}; lower optim.lr")
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from patchpack.train.loops.checkpoint import (
+    CorruptCheckpoint,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -87,7 +88,7 @@ def test_half_written_checkpoint_is_invisible_and_swept(tmp_path):
 
 def test_load_refuses_incomplete_directory(tmp_path):
     (tmp_path / "step_00000005").mkdir()
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+    with pytest.raises(CorruptCheckpoint, match="not a complete checkpoint"):
         load_checkpoint(tmp_path / "step_00000005")
     assert latest_checkpoint(tmp_path) is None
     assert os.listdir(tmp_path) == ["step_00000005"]
