@@ -223,8 +223,10 @@ def decode_video(
     max_pixels: int,
     max_source_frames: int,
     rng: random.Random | None = None,
+    start: float | None = None,
 ) -> Decoded:
-    """mp4 bytes (or a path) -> uint8 [T, H, W, 3]. rng picks the clip start of a long video (None: from 0)."""
+    """mp4 bytes (or a path) -> uint8 [T, H, W, 3]. rng picks the clip start of a long video (None: from 0);
+    start: the clip start in seconds, chosen already (e.g. by `clip_frames` when the size was planned)."""
     try:
         with _open_video(data) as container:
             stream = _video_stream(container, data)
@@ -237,9 +239,8 @@ def decode_video(
             rate = stream.average_rate or stream.guessed_rate
             src_fps = float(rate) if rate else DEFAULT_FPS
             duration = _duration(stream, container, declared, src_fps)
-            start = 0.0
-            if rng is not None and max_seconds is not None and duration > max_seconds:
-                start = rng.uniform(0.0, duration - max_seconds)
+            if start is None:
+                start = clip_start(duration, max_seconds, rng)
             frames = _sample(container, stream, src_fps, start, fps=fps, stride=stride,
                              max_seconds=max_seconds, max_frames=max_frames, max_pixels=max_pixels)
     except DecodeError:
@@ -250,6 +251,33 @@ def decode_video(
         raise DecodeError("no_frames", f"0 frames decoded (declared {declared})")
     out_fps = fps if fps is not None else src_fps / stride
     return Decoded(np.stack(frames), fps=min(out_fps, src_fps), source_fps=src_fps, source_frames=declared)
+
+
+def clip_start(duration: float, max_seconds: float | None, rng: random.Random | None) -> float:
+    """Where a clip of at most max_seconds starts in a video of `duration` seconds: drawn from
+    rng when the video is longer (one draw), else 0."""
+    if rng is not None and max_seconds is not None and duration > max_seconds:
+        return rng.uniform(0.0, duration - max_seconds)
+    return 0.0
+
+
+def clip_frames(info: VideoInfo, start: float, *, fps: float | None, stride: int, max_seconds: float | None,
+                max_frames: int | None) -> int:
+    """The frames `decode_video` returns for this clip, from the headers alone (constant frame
+    rate assumed: frame k at k / info.fps). Lets a stream plan a sample's size before decoding it."""
+    end = info.duration if max_seconds is None else min(info.duration, start + max_seconds)
+    src = max(info.fps, 1e-9)
+    first, last = math.ceil(start * src - 1e-6), math.ceil(end * src - 1e-6)  # frames k with start <= k/src < end
+    last = min(last, info.frames) if info.frames else last
+    n = max(last - first, 0)
+    if fps is None:
+        count = -(-n // stride)
+    elif n:
+        times = np.arange(first, last) / src
+        count = int(np.unique(np.floor((times - start) * fps + 1e-6)).size)  # one frame per 1/fps slot
+    else:
+        count = 0
+    return count if max_frames is None else min(count, max_frames)
 
 
 def verify_video(data: Media, *, max_pixels: int) -> int:
@@ -453,6 +481,24 @@ def _cut_box(data: Media) -> bool:
 
 
 # --------------------------------------------------------------------------- latents and tensors
+
+
+def probe_latent(data: bytes) -> tuple[int, int, int, int]:
+    """The shape [C', T', H', W'] of a `<key>.latent.safetensors` from its JSON header alone."""
+    import json
+    import struct
+
+    try:
+        (n,) = struct.unpack("<Q", bytes(data[:8]))
+        if n > len(data) - 8:
+            raise ValueError(f"header of {n} bytes in {len(data)}")
+        header = json.loads(bytes(data[8 : 8 + n]))
+        shape = [int(v) for v in header["latent"]["shape"]]
+    except Exception as e:
+        raise DecodeError("corrupt_latent", f"{type(e).__name__}: {e}") from None
+    if len(shape) != 4 or min(shape) < 1:
+        raise DecodeError("corrupt_latent", f"expected a non-empty 'latent' [C, T, H, W], got shape {shape}")
+    return tuple(shape)
 
 
 def decode_latent(data: bytes) -> torch.Tensor:

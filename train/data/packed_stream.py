@@ -78,8 +78,14 @@ class _Stream:
         self.sample_rng = random.Random(derive_seed(*base, "sample"))  # caption pick, clip start
         self.decoder = RecordDecoder(data, self.sample_rng)
         self.gen = torch.Generator().manual_seed(derive_seed(*base, "packer") % 2**63)
-        # no packer_cfg: a VideoStream, which yields decoded videos and never packs
-        self.packer = StreamPacker(packer_cfg, seed=derive_seed(*base, "pack") % 2**31) if packer_cfg is not None else None
+        self.packer = None  # a VideoStream (no packer_cfg) yields decoded videos and never packs
+        if packer_cfg is not None:
+            self.packer = StreamPacker(packer_cfg, seed=derive_seed(*base, "pack") % 2**31,
+                                       decode=self.decoder.decode_planned)
+        # Sizes are planned from headers whenever every sample may be sized to fit a row. A
+        # budget over max_len under oversize="error" | "drop" | "split_time" asks to refuse,
+        # drop or cut what does not fit, which needs the sample's own size: prepared whole.
+        self.plan_sizes = packer_cfg is not None and packer_cfg.token_budget <= packer_cfg.max_len
         self.buffer: list[dict] = []
         self.skip_log = skip_log
         self.skips = SkipCounter(skips, log_path=skip_log, where={"rank": rank, "worker": worker})
@@ -141,8 +147,11 @@ class _Stream:
         for rec in self._shuffled():
             key = record_key(rec)
             try:
-                video_CTHW, meta = self.decoder.decode(rec)
-                sample = prepare_sample(video_CTHW, config=self.packer_cfg, generator=self.gen, key=key, meta=meta)
+                if self.plan_sizes:  # native size from the headers; decoded once its row closes
+                    sample = self.decoder.probe(rec)
+                else:
+                    video_CTHW, meta = self.decoder.decode(rec)
+                    sample = prepare_sample(video_CTHW, config=self.packer_cfg, generator=self.gen, key=key, meta=meta)
             except (DecodeError, SampleError) as e:
                 self._skip(e.reason, e.message, key)
                 continue

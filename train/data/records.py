@@ -1,11 +1,14 @@
-"""One webdataset record -> a decoded sample: caption pick, media decode, metadata.
+"""One webdataset record -> a sample: caption pick, media decode (or probe), metadata.
 
 A record is what `reader.read_shard` yields: {member extension: bytes, "__key__", "__url__"}.
-`RecordDecoder.decode` checks its json and caption, picks one caption (seeded), and
-decodes the media at native size (PyAV / Pillow), or loads a pre-encoded VAE latent
-(`<key>.latent.safetensors`, written by latent_shards.py): the packer then patchifies
-the latent exactly as it would pixels. Anything unusable raises DecodeError with a
-short reason, which the streams count as a skip.
+`RecordDecoder` checks its json and caption and picks one caption (seeded). Then either
+  decode   the media at native size (PyAV / Pillow), or a pre-encoded VAE latent
+           (`<key>.latent.safetensors`, latent_shards.py), which the packer patchifies
+           exactly as it would pixels; or
+  probe    the native (T, H, W) from the headers alone, as an UnsizedSample that holds the
+           still-encoded bytes: size-aware packing plans its size first and decodes it once,
+           at that size, through `decode_planned`.
+Anything unusable raises DecodeError with a short reason, which the streams count as a skip.
 """
 
 from __future__ import annotations
@@ -18,15 +21,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from patchpack.packer import UnsizedSample
+
 from .config import DataConfig
 from .media_decode import (
     IMAGE_EXTS,
     LATENT_EXT,
     VIDEO_EXTS,
     DecodeError,
+    clip_frames,
+    clip_start,
     decode_image,
     decode_latent,
     decode_video,
+    probe_image,
+    probe_latent,
+    probe_video,
     to_video_CTHW,
 )
 
@@ -48,7 +58,85 @@ class RecordDecoder:
 
     def decode(self, rec: dict) -> tuple[torch.Tensor, dict]:
         """(float video [C, T, H, W] in [-1, 1], or a latent [C', T', H', W'], meta); DecodeError if unusable."""
+        info, caption = self._caption(rec)
+        if LATENT_EXT in rec:  # a latent shard: the VAE already decoded, sized and encoded it
+            latent = decode_latent(rec[LATENT_EXT])
+            return latent, self._latent_meta(info, caption, list(latent.shape[1:]))
+        ext = self._media(rec)
         d = self.data
+        if ext in VIDEO_EXTS:
+            dec = decode_video(rec[ext], fps=d.fps, stride=d.stride, max_seconds=d.max_seconds,
+                               max_frames=d.max_frames, max_pixels=d.max_pixels,
+                               max_source_frames=d.max_source_frames,
+                               rng=self.rng if d.clip_start == "random" else None)
+        else:
+            dec = decode_image(rec[ext], max_pixels=d.max_pixels)
+        t, h, w = dec.frames_THWC.shape[:3]
+        meta = {"caption": caption, "fps": dec.fps, "frames": t, "height": h, "width": w}
+        if "attrs" in info:
+            meta["attrs"] = info["attrs"]
+        return to_video_CTHW(dec.frames_THWC), meta
+
+    def probe(self, rec: dict) -> UnsizedSample:
+        """The record as an UnsizedSample for size-aware packing: native (T, H, W) from the media's
+        headers (no frame decoded), the media bytes as payload, and in meta the caption and the
+        clip start, chosen now with the same draws `decode` makes. `decode_planned` decodes it."""
+        info, caption = self._caption(rec)
+        key = record_key(rec)
+        if LATENT_EXT in rec:
+            _, t, h, w = probe_latent(rec[LATENT_EXT])
+            meta = self._latent_meta(info, caption, [t, h, w])
+            return UnsizedSample((t, h, w), rec[LATENT_EXT], key, {**meta, "media": LATENT_EXT})
+        ext = self._media(rec)
+        d = self.data
+        if ext in VIDEO_EXTS:
+            head = probe_video(rec[ext])
+            if head.height * head.width > d.max_pixels:
+                raise DecodeError("too_large", f"video {head.width}x{head.height} > max_pixels={d.max_pixels}")
+            if head.frames > d.max_source_frames:
+                raise DecodeError("too_many_frames", f"{head.frames} frames > max_source_frames={d.max_source_frames}")
+            start = clip_start(head.duration, d.max_seconds, self.rng if d.clip_start == "random" else None)
+            t = clip_frames(head, start, fps=d.fps, stride=d.stride, max_seconds=d.max_seconds,
+                            max_frames=d.max_frames)
+            if t < 1:
+                raise DecodeError("no_frames", f"the clip from {start:.2f} s holds no frame ({head})")
+            fps = min(d.fps, head.fps) if d.fps is not None else head.fps / d.stride
+            meta = {"caption": caption, "fps": fps, "frames": t, "height": head.height, "width": head.width,
+                    "media": ext, "clip_start": start}
+        else:
+            head = probe_image(rec[ext])
+            if head.height * head.width > d.max_pixels:
+                raise DecodeError("too_large", f"image {head.width}x{head.height} > max_pixels={d.max_pixels}")
+            t = 1
+            meta = {"caption": caption, "fps": 0.0, "frames": 1, "height": head.height, "width": head.width,
+                    "media": ext}
+        if "attrs" in info:
+            meta["attrs"] = info["attrs"]
+        return UnsizedSample((t, head.height, head.width), rec[ext], key, meta)
+
+    def decode_planned(self, sample: UnsizedSample, size: tuple[int, int, int]) -> torch.Tensor:
+        """StreamPacker's decode for `probe`'s samples: the clip's first size[0] frames at native
+        resolution (the packer resizes), or the latent; SampleError with the decoder's reason."""
+        from patchpack.packer import SampleError
+
+        d, meta, media = self.data, sample.meta, sample.meta.get("media")
+        try:
+            if media == LATENT_EXT:
+                return decode_latent(sample.payload)
+            if media in VIDEO_EXTS:
+                dec = decode_video(sample.payload, fps=d.fps, stride=d.stride, max_seconds=d.max_seconds,
+                                   max_frames=size[0], max_pixels=d.max_pixels, max_source_frames=d.max_source_frames,
+                                   start=float(meta["clip_start"]))
+            else:
+                dec = decode_image(sample.payload, max_pixels=d.max_pixels)
+        except DecodeError as e:
+            raise SampleError(e.reason, str(e)) from None
+        return to_video_CTHW(dec.frames_THWC)
+
+    # -- the parts decode and probe share
+
+    def _caption(self, rec: dict) -> tuple[dict, str]:
+        """The record's json and one of its captions (seeded pick)."""
         if "json" not in rec:
             raise DecodeError("no_json", "sample has no .json member")
         try:
@@ -63,30 +151,23 @@ class RecordDecoder:
         if not caps:
             raise DecodeError("empty_caption", f"caption {info['caption']!r}")
         caption = caps[self.rng.randrange(len(caps))] if len(caps) > 1 else caps[0]
-        if LATENT_EXT in rec:  # a latent shard: the VAE already decoded, sized and encoded it
-            latent = decode_latent(rec[LATENT_EXT])
-            src = info.get("latent") if isinstance(info.get("latent"), dict) else {}
-            meta = {"caption": caption, "fps": float(src.get("fps", 0.0)), "frames": int(src.get("frames", 0)),
-                    "height": int(src.get("height", 0)), "width": int(src.get("width", 0)),
-                    "latent": list(latent.shape[1:])}
-            if "attrs" in info:
-                meta["attrs"] = info["attrs"]
-            return latent, meta
+        return info, caption
+
+    @staticmethod
+    def _media(rec: dict) -> str:
         ext = next((e for e in MEDIA_EXTS if e in rec), None)
         if ext is None:
             raise DecodeError("no_media", f"members {sorted(k for k in rec if not k.startswith('__'))}")
-        if ext in VIDEO_EXTS:
-            dec = decode_video(rec[ext], fps=d.fps, stride=d.stride, max_seconds=d.max_seconds,
-                               max_frames=d.max_frames, max_pixels=d.max_pixels,
-                               max_source_frames=d.max_source_frames,
-                               rng=self.rng if d.clip_start == "random" else None)
-        else:
-            dec = decode_image(rec[ext], max_pixels=d.max_pixels)
-        t, h, w = dec.frames_THWC.shape[:3]
-        meta = {"caption": caption, "fps": dec.fps, "frames": t, "height": h, "width": w}
+        return ext
+
+    @staticmethod
+    def _latent_meta(info: dict, caption: str, latent_thw: list[int]) -> dict:
+        src = info.get("latent") if isinstance(info.get("latent"), dict) else {}
+        meta = {"caption": caption, "fps": float(src.get("fps", 0.0)), "frames": int(src.get("frames", 0)),
+                "height": int(src.get("height", 0)), "width": int(src.get("width", 0)), "latent": latent_thw}
         if "attrs" in info:
             meta["attrs"] = info["attrs"]
-        return to_video_CTHW(dec.frames_THWC), meta
+        return meta
 
 
 def record_to_state(rec: Mapping) -> dict:

@@ -111,19 +111,27 @@ def test_train_vae_with_nothing_usable_stops(shards, tmp_path):
         train_vae(cfg)
 
 
+def _signal_at_record(monkeypatch, n: int, sig) -> None:
+    """Send `sig` to this process while the stream handles its n-th record (decoded whole, or
+    probed for size-aware packing: whichever the stream does)."""
+    calls = {"n": 0}
+    for name in ("decode", "probe"):
+        real = getattr(RecordDecoder, name)
+
+        def wrapped(self, rec, _real=real):
+            calls["n"] += 1
+            if calls["n"] == n:
+                os.kill(os.getpid(), sig)
+            return _real(self, rec)
+
+        monkeypatch.setattr(RecordDecoder, name, wrapped)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_reaches_the_data_loop_and_checkpoints(shards, tmp_path, monkeypatch, sig):
     """Every sample is skipped and the bound is out of reach: only the signal can end the run.
     It arrives inside the data loop (in a decode), and the run stops there with a checkpoint."""
-    real, calls = RecordDecoder.decode, {"n": 0}
-
-    def decode(self, rec):
-        calls["n"] += 1
-        if calls["n"] == 30:
-            os.kill(os.getpid(), sig)
-        return real(self, rec)
-
-    monkeypatch.setattr(RecordDecoder, "decode", decode)
+    _signal_at_record(monkeypatch, 30, sig)
     cfg = _cfg(shards, tmp_path, "data.max_pixels=1", "data.max_skips_in_a_row=100000000")
     out = _timed(lambda: dit_loop.train(cfg))
     assert out["stopped"] == sig.name.lower() and out["step"] == 0
@@ -135,17 +143,9 @@ def test_a_signal_inside_a_step_resumes_bitwise(shards, tmp_path, monkeypatch):
     """The signal arrives while the stream decodes the samples of step 2: the checkpoint holds the
     stream's state mid-batch, and the resume yields the same batches as an unbroken run."""
     a = dit_loop.train(_cfg(shards, tmp_path / "a", "loop.steps=4", "loop.log_every=1"))
-    real, calls = RecordDecoder.decode, {"n": 0}
-
-    def decode(self, rec):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(self, rec)
-
-    monkeypatch.setattr(RecordDecoder, "decode", decode)
+    _signal_at_record(monkeypatch, 5, signal.SIGTERM)
     b1 = dit_loop.train(_cfg(shards, tmp_path / "b", "loop.steps=4", "loop.log_every=1"))
-    monkeypatch.setattr(RecordDecoder, "decode", real)
+    monkeypatch.undo()
     assert b1["stopped"] == "sigterm" and 0 < b1["step"] < 4
     b2 = dit_loop.train(_cfg(shards, tmp_path / "b", "loop.steps=4", "loop.log_every=1"))
     assert b2["start_step"] == b1["step"] and b2["loss"] == a["loss"]  # bitwise: the same float
