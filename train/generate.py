@@ -163,7 +163,8 @@ def sample(run: LoadedRun, reqs: Sequence[Request], *, steps: int = 30, cfg_scal
     grids = model_grids(run, reqs, max_tokens=max_tokens)
     with tqdm(total=steps, desc="sampling", unit="step", disable=not progress) as bar:
         videos = generate(run.model, run.encoder, [r.prompt for r in reqs], grids, steps=steps, cfg_scale=cfg_scale,
-                          seed=seed, max_tokens=max_tokens, autoencoder=run.vae, on_step=lambda k: bar.update(1))
+                          seed=seed, max_tokens=max_tokens, autoencoder=run.vae, flow=run.config.flow,
+                          on_step=lambda k: bar.update(1))
     return [to_frames(v) for v in videos]
 
 

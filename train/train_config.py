@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from patchpack.model.flow import FlowConfig
 from patchpack.packer import PackerConfig
 
 from .config import DataConfig
@@ -94,5 +95,8 @@ class TrainConfig:
     # A trained video VAE (an exported directory, docs/vae.md): the DiT then works in its latent
     # space, so data.shards must be latent shards (`patchpack encode-latents`); None = pixels.
     vae: str | None = None
+    # timestep sampling and the resolution shift (model/flow.py), used by training and by every
+    # sampler that loads the run, so the two never disagree
+    flow: FlowConfig = field(default_factory=FlowConfig)
     optim: OptimOptions = field(default_factory=OptimOptions)
     loop: LoopOptions = field(default_factory=LoopOptions)

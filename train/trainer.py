@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from patchpack.model import DiT, dit_config, flow_loss
-from patchpack.model.flow import FlowConfig, sample_timesteps
+from patchpack.model.flow import sample_timesteps
 from patchpack.model.text import build_text_encoder, drop_captions
 from patchpack.model.vae_checkpoint import vae_config_of
 
@@ -339,7 +339,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     device = info.device
     run = _setup(cfg, info)
     optimizer, scheduler, stream, gens = run.optimizer, run.scheduler, run.stream, run.gens
-    flow_cfg = FlowConfig()
+    flow_cfg = cfg.flow
 
     log = None
     if info.is_main:

@@ -107,3 +107,41 @@ def test_ema_entries_the_model_lacks_are_refused(run_dir, tmp_path):
     load_run(bad, weights="raw")  # the raw weights never read the EMA
     with pytest.raises(ValueError, match="bogus"):
         load_run(bad)
+
+
+def test_the_runs_flow_config_reaches_training_and_sampling(run_dir, tmp_path, monkeypatch):
+    """A FlowConfig set in the run (timestep sampling, resolution shift) is the one the sampler
+    uses: the default one would sample another schedule than the model trained on."""
+    from patchpack.model.flow import FlowConfig
+    from patchpack.train import generate as gen_mod
+
+    run = load_run(run_dir)
+    assert run.config.flow == FlowConfig()  # the fixture's run kept the default
+    run.config.flow = FlowConfig(logit_mean=0.5, shift_base_tokens=48)
+    seen = {}
+
+    def fake_generate(*args, flow=None, **kwargs):
+        seen["flow"] = flow
+        return [torch.zeros(3, 1, 16, 16)]
+
+    monkeypatch.setattr(gen_mod, "generate", fake_generate)
+    sample(run, requests(["a red circle on a black background"], sizes=[(16, 16)], frames=[1]), steps=1)
+    assert seen["flow"] == FlowConfig(logit_mean=0.5, shift_base_tokens=48)
+    cfg = load_config(TrainConfig, None, ["flow.shift_base_tokens=48", "flow.resolution_shift=false"])
+    assert cfg.flow == FlowConfig(shift_base_tokens=48, resolution_shift=False)
+
+
+def test_training_draws_timesteps_with_the_runs_flow_config(tmp_path, monkeypatch):
+    from patchpack.model.flow import FlowConfig
+
+    seen = []
+    real = trainer.sample_timesteps
+    monkeypatch.setattr(trainer, "sample_timesteps", lambda grid, *, config, generator: (
+        seen.append(config), real(grid, config=config, generator=generator))[1])
+    synth(tmp_path / "shards", num_samples=2, seed=0, shard_size=2, max_side=32, min_side=32, progress=False)
+    cfg = load_config(TrainConfig, None, [
+        f"run_dir={tmp_path / 'run'}", f"data.shards=[{tmp_path / 'shards'}]", "data.max_frames=2",
+        "packer.patch=[1,8,8]", "packer.max_len=64", "packer.rows=1", "packer.buffer=1", "model.depth=1",
+        "model.hidden=32", "model.heads=2", "loop.steps=1", "loop.threads=1", "flow.logit_mean=0.7"])
+    trainer.train(cfg)
+    assert seen and all(c == FlowConfig(logit_mean=0.7) for c in seen)
