@@ -173,10 +173,13 @@ def sample(run: LoadedRun, reqs: Sequence[Request], *, steps: int = 30, cfg_scal
 
 def write_outputs(out_dir: str | Path, reqs: Sequence[Request], videos: Sequence[np.ndarray], *, fps: float,
                   title: str = "patchpack samples", intro: str = "", notes: Sequence[list[str]] | None = None,
-                  info: dict | None = None) -> dict:
+                  info: dict | None = None, references: Sequence[np.ndarray] | None = None) -> dict:
     """mp4/gif/png per video, contact_sheet.png, index.html and manifest.json; returns the manifest.
 
-    manifest.json: {"items": [{"prompt", "frames", "height", "width", "tag", "files": {...}}], **info}
+    references: a real clip per request (same caption and size), written as ref_<stem>.* and
+    shown beside its sample in the gallery.
+    manifest.json: {"items": [{"prompt", "frames", "height", "width", "tag", "files": {...}
+    [, "reference": {...}]}], **info}
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,8 +189,12 @@ def write_outputs(out_dir: str | Path, reqs: Sequence[Request], videos: Sequence
         stem = f"{i:0{digits}d}_{r.frames}x{r.height}x{r.width}"
         files = write_video_files(out, stem, frames, fps=fps)
         items.append({**asdict(r), "files": {k: v for k, v in asdict(files).items() if v}})
+        ref = None
+        if references is not None:
+            ref = write_video_files(out, f"ref_{stem}", references[i], fps=fps)
+            items[-1]["reference"] = {k: v for k, v in asdict(ref).items() if v}
         extra = [r.tag] if r.tag else []
-        gallery.append(GalleryItem(r.prompt, r.grid, files, extra + (list(notes[i]) if notes else [])))
+        gallery.append(GalleryItem(r.prompt, r.grid, files, extra + (list(notes[i]) if notes else []), ref))
     labels = [f"{r.frames}x{r.height}x{r.width}  {r.prompt}" for r in reqs]
     contact_sheet(out / "contact_sheet.png", list(videos), labels)
     write_gallery(out / "index.html", gallery, title=title, intro=intro)
