@@ -392,7 +392,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                 nonfinite_run = 0
                 optimizer.step()
                 scheduler.step()
-                run.ema.update(run.trained)
+                run.ema.update(run.trained, step=run.step)  # warmed up: the early average forgets the init
                 run.step += 1
                 last_loss = float(out.loss.detach())
                 window.add(loss=last_loss, grad_norm=grad_norm, batch=batch)
