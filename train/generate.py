@@ -153,10 +153,10 @@ def model_grids(run: LoadedRun, reqs: Sequence[Request], *, max_tokens: int) -> 
 
 
 def sample(run: LoadedRun, reqs: Sequence[Request], *, steps: int = 30, cfg_scale: float = 4.0, seed: int = 0,
-           max_tokens: int = 16384, progress: bool = False) -> list[np.ndarray]:
-    """uint8 [T, H, W, 3] per request; all requests share each packed Euler step.
+           max_tokens: int = 16384, progress: bool = False, solver: str = "euler") -> list[np.ndarray]:
+    """uint8 [T, H, W, 3] per request; all requests share each packed sampling step.
 
-    progress: a tqdm bar over the Euler steps (stderr).
+    progress: a tqdm bar over the steps (stderr). solver: "euler" or "heun" (model/sampler.py).
     """
     from tqdm import tqdm
 
@@ -164,7 +164,7 @@ def sample(run: LoadedRun, reqs: Sequence[Request], *, steps: int = 30, cfg_scal
     with tqdm(total=steps, desc="sampling", unit="step", disable=not progress) as bar:
         videos = generate(run.model, run.encoder, [r.prompt for r in reqs], grids, steps=steps, cfg_scale=cfg_scale,
                           seed=seed, max_tokens=max_tokens, autoencoder=run.vae, flow=run.config.flow,
-                          on_step=lambda k: bar.update(1))
+                          on_step=lambda k: bar.update(1), solver=solver)
     return [to_frames(v) for v in videos]
 
 
@@ -177,7 +177,7 @@ def write_outputs(out_dir: str | Path, reqs: Sequence[Request], videos: Sequence
     """mp4/gif/png per video, contact_sheet.png, index.html and manifest.json; returns the manifest.
 
     references: a real clip per request (same caption and size), written as ref_<stem>.* and
-    shown beside its sample in the gallery.
+    shown beside its sample in the gallery and on the contact sheet.
     manifest.json: {"items": [{"prompt", "frames", "height", "width", "tag", "files": {...}
     [, "reference": {...}]}], **info}
     """
@@ -196,7 +196,11 @@ def write_outputs(out_dir: str | Path, reqs: Sequence[Request], videos: Sequence
         extra = [r.tag] if r.tag else []
         gallery.append(GalleryItem(r.prompt, r.grid, files, extra + (list(notes[i]) if notes else []), ref))
     labels = [f"{r.frames}x{r.height}x{r.width}  {r.prompt}" for r in reqs]
-    contact_sheet(out / "contact_sheet.png", list(videos), labels)
+    rows = list(videos)
+    if references is not None:  # each frame: generated above reference, a white line between
+        labels = [f"{label}   (top: generated, bottom: reference)" for label in labels]
+        rows = [np.concatenate([v, np.full_like(v[:, :1], 255), ref], axis=1) for v, ref in zip(videos, references)]
+    contact_sheet(out / "contact_sheet.png", rows, labels)
     write_gallery(out / "index.html", gallery, title=title, intro=intro)
     manifest = {"items": items, **(info or {})}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
