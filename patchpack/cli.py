@@ -150,17 +150,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from patchpack.train.options import ConfigError
 
     config = Path(args.config) if args.config else _source_file("configs/demo.yaml")
-    opts = DemoOptions(out=args.out, config=str(config), overrides=args.overrides, prompts=args.prompts,
-                       sample_steps=args.steps, cfg_scale=args.cfg, seed=args.seed)
+    opts = DemoOptions(out=args.out, config=str(config), overrides=args.overrides, vae=args.vae,
+                       prompts=args.prompts, sample_steps=args.steps, cfg_scale=args.cfg, seed=args.seed,
+                       minutes=args.minutes, solver=args.solver)
     if args.num_samples is not None:
         opts.num_samples = args.num_samples
     if args.quick:  # a minute-long smoke run of every stage; the pictures are noise
         opts.num_samples = args.num_samples or 24
+        opts.minutes = None
         opts.prompts, opts.sample_steps = min(args.prompts, 2), min(args.steps, 3)
         opts.overrides = ["loop.steps=4", "loop.log_every=1", "loop.ckpt_every=1000", "model.depth=1",
                           "model.hidden=64", "model.heads=2", "optim.warmup=1", "loop.threads=1", *args.overrides]
     try:
-        run_demo(opts)
+        run_demo(opts, data_only=args.data_only)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
 
@@ -180,7 +182,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         reqs = requests(args.prompt, sizes=sizes, frames=args.frames or [8])
         run = load_run(args.ckpt, weights=args.weights, rope_extrapolation=args.rope)
         t0 = time.perf_counter()
-        videos = sample(run, reqs, steps=args.steps, cfg_scale=args.cfg, seed=args.seed, progress=True)
+        videos = sample(run, reqs, steps=args.steps, cfg_scale=args.cfg, seed=args.seed, progress=True,
+                        solver=args.solver)
     except ValueError as e:
         raise UserError(str(e)) from None
     dt = time.perf_counter() - t0
@@ -255,11 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="synth -> train the tiny DiT on CPU -> generate at many sizes -> gallery + eval")
     s.add_argument("--out", default="runs/demo", help="data/, run/, samples/ and summary.json go here")
     s.add_argument("--config", default=None, help="training config (default: configs/demo.yaml of the checkout)")
-    s.add_argument("--num-samples", type=int, default=None, help="synthetic clips to write (default 1200)")
-    s.add_argument("--prompts", type=int, default=8, help="evaluated prompts, each at every demo size")
-    s.add_argument("--steps", type=int, default=25, help="Euler sampling steps")
+    s.add_argument("--num-samples", type=int, default=None, help="synthetic clips to write (default 2000)")
+    s.add_argument("--prompts", type=int, default=8, help="held-out prompts, each generated at every demo size")
+    s.add_argument("--steps", type=int, default=25, help="sampling steps")
+    s.add_argument("--solver", choices=("euler", "heun"), default="euler",
+                   help="heun: second order, two model calls per step")
     s.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--minutes", type=float, default=None,
+                   help="the whole demo's length on a 2-core machine: sets the training steps (default: the config's, ~15)")
+    s.add_argument("--vae", default=None, help="an exported VAE directory (default: the demo VAE shipped with patchpack)")
+    s.add_argument("--data-only", action="store_true", help="write the demo's synthetic shards to OUT/data and stop")
     s.add_argument("--quick", action="store_true", help="a tiny run of every stage (about a minute; noise out)")
     s.add_argument("overrides", nargs="*", help="training config overrides, e.g. loop.steps=500")
     s.set_defaults(func=cmd_demo)
@@ -270,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", action="append", required=True, help="HEIGHTxWIDTH in pixels; repeat for several")
     s.add_argument("--frames", type=int, action="append", default=None,
                    help="frames per video: once for all sizes or once per --size (default 8; 1 = an image)")
-    s.add_argument("--steps", type=int, default=30, help="Euler steps")
+    s.add_argument("--steps", type=int, default=30, help="sampling steps")
+    s.add_argument("--solver", choices=("euler", "heun"), default="euler",
+                   help="heun: second order, two model calls per step")
     s.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--weights", choices=("ema", "raw"), default="ema")

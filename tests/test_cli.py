@@ -51,7 +51,7 @@ def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     r = _run("demo", "--quick", "--out", str(out), "--num-samples", "8")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "[4/4] evaluate" in r.stdout and "gallery" in r.stdout
+    assert "[5/5] evaluate" in r.stdout and "gallery" in r.stdout
     return out
 
 
@@ -65,12 +65,17 @@ def test_demo_quick_runs_every_stage(demo_dir):
     assert {i["tag"].split(":")[0] for i in manifest["items"]} >= {"trained size", "unseen duration"}
     assert (demo_dir / "samples" / "index.html").is_file() and (demo_dir / "samples" / "contact_sheet.png").is_file()
     assert set(summary["eval"]) and (demo_dir / "loss_curve.png").is_file()
+    # every sample beside a real clip of its caption; the evaluator's table, the noise check, the timings
+    assert all((demo_dir / "samples" / i["reference"]["gif"]).is_file() for i in manifest["items"])
+    assert summary["eval_table"][0].startswith("group") and set(summary["noise"]) == {i["tag"] for i in manifest["items"]}
+    assert set(summary["timings"]) == {"data", "latents", "train", "generate", "evaluate", "total"}
+    assert summary["held_out_prompts"] == sorted({i["prompt"] for i in manifest["items"]})
 
 
 def test_generate_then_eval_from_the_demo_run(demo_dir, tmp_path):
     out = tmp_path / "gen"
     r = _run("generate", "--ckpt", str(demo_dir / "run"), "--prompt", "a red circle moving left fast on a black background",
-             "--prompt", "a photo of a cat", "--size", "32x32", "--size", "16x48", "--frames", "4", "--frames", "1",
+             "--prompt", "a photo of a cat", "--size", "32x32", "--size", "16x48", "--frames", "5", "--frames", "1",
              "--steps", "2", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(list(out.glob("*.gif"))) == 4 and len(list(out.glob("*.mp4"))) == 2
@@ -82,7 +87,8 @@ def test_generate_then_eval_from_the_demo_run(demo_dir, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--ckpt", "{missing}", "--size", "32x32"], "checkpoint not found"),
     (["--ckpt", "{run}", "--size", "32"], "expected HEIGHTxWIDTH"),
-    (["--ckpt", "{run}", "--size", "30x32"], "not a multiple of the patch"),
+    (["--ckpt", "{run}", "--size", "30x32", "--frames", "9"], "multiples of spatial=4"),  # the demo VAE's x4
+    (["--ckpt", "{run}", "--size", "28x32", "--frames", "9"], "not a multiple of the patch"),  # latent 7x8, patch 2
     (["--ckpt", "{run}", "--size", "32x32", "--frames", "3"], "T=3"),
 ])
 def test_generate_errors_are_one_line(demo_dir, tmp_path, args, message):
