@@ -107,10 +107,13 @@ def held_out_prompts(subjects: list[dict]) -> set[str]:
     return {prompt_for(s, t) for s in subjects for t in (1, 2)}
 
 
-def demo_sizes(side: int, frames: int, *, unit: int, temporal: int) -> list[tuple[int, int, int, str]]:
+def demo_sizes(side: int, frames: int, *, unit: int, temporal: int, pt: int = 1) -> list[tuple[int, int, int, str]]:
     """(T, H, W, tag) in pixels: the trained clip and image, then unseen ones. side: the trained
-    clip's side (a multiple of `unit`, the VAE factor x patch); frames: 1 + k * temporal."""
-    longer = 1 + 2 * (frames - 1) if frames > 1 else 1 + temporal
+    clip's side (a multiple of `unit`, the VAE factor x patch); frames: 1 + k * temporal;
+    pt: the temporal patch, which the unseen duration's latent frames must be a multiple of."""
+    latent = 1 + (frames - 1) // temporal  # latent frames of the trained clip
+    longer_latent = -(-(2 * latent - 1) // pt) * pt  # about twice the duration, whole patches
+    longer = 1 + (longer_latent - 1) * temporal
     wide_h = unit * max(1, round(0.75 * side / unit))
     return [
         (frames, side, side, "trained size"),
@@ -200,7 +203,7 @@ def run_demo(opts: DemoOptions, *, data_only: bool = False) -> dict:
     unit = vcfg.spatial * max(run.patch[1:])
     side = max(unit, int(math.sqrt(opts.clip_pixels)) // unit * unit)
     frames = 1 + (opts.clip_frames - 1) // vcfg.temporal * vcfg.temporal
-    sizes = demo_sizes(side, frames, unit=unit, temporal=vcfg.temporal)
+    sizes = demo_sizes(side, frames, unit=unit, temporal=vcfg.temporal, pt=run.patch[0])
     reqs = [Request(prompt_for(s, t), t, h, w, tag) for s in subjects for t, h, w, tag in sizes]
     print(f"[4/5] generate: {len(subjects)} held-out prompts x {len(sizes)} sizes, {opts.sample_steps} "
           f"{opts.solver} steps, cfg {opts.cfg_scale}")

@@ -60,6 +60,9 @@ def test_sizes_fit_the_vae_and_the_patch():
         assert lh % 2 == 0 and lw % 2 == 0  # patch (1, 2, 2) on the latent
     assert [tag.split(":")[0].split(" (")[0] for *_, tag in sizes] == [
         "trained size", "trained size", "unseen duration", "unseen aspect 3", "unseen resolution"]
+    # a temporal patch of 3 latent frames: the longer clip is whole patches (6 latent frames)
+    (_, _, _, _), (_, _, _, _), (t3, *_), *_ = demo_sizes(32, 9, unit=8, temporal=4, pt=3)
+    assert t3 == 21 and vae.latent_shape(t3, 32, 32)[0] % 3 == 0
     # unseen means no training clip has it: training latents come from clips fitted to
     # <= clip_frames frames and <= clip_pixels pixels at aspects up to 21:9
     opts = DemoOptions()
