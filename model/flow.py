@@ -31,7 +31,11 @@ tokens, turned into v = (x_t - x̂0) / t ("x-prediction, v-loss", JiT: Li & He, 
 The loss stays the velocity MSE either way; only what the last layer has to produce changes.
 With pixel patches wider than the model can carry (here 96 features into width 128), v
 contains the full-rank noise and comes out speckled at high t; x0 lies near a low-dimensional
-set and does not. t is clamped at T_MIN in the division, as JiT does, so t -> 0 stays finite.
+set and does not. t is clamped at T_MIN in the division, as JiT does, so t -> 0 stays finite,
+in the target as in the prediction. The v-loss of an x-prediction is |x0 - x̂0|^2 / t^2: it
+weights low-noise steps by 1/t^2 (400x at T_MIN against t = 1), as JiT's does; JiT pairs it
+with timesteps drawn noisier (logit-normal mean 0.8, std 0.8 in this convention:
+FlowConfig.logit_mean, logit_std).
 """
 
 from __future__ import annotations
@@ -152,8 +156,13 @@ def flow_loss(
         valid = valid & ~given
     x_t = interpolate(x0, noise, t_tok.to(x0.dtype))  # (B, L, D); padding stays 0
     out = model(batch.with_tokens(x_t), t_S, text_tokens, text_lengths)  # (B, L, D)
-    v_pred = to_velocity(out, x_t, t_tok.to(x_t.dtype), prediction=_prediction(model))  # (B, L, D)
-    err = (v_pred.float() - velocity_target(x0, noise).float()).pow(2).mean(-1)  # (B, L)
+    prediction = _prediction(model)
+    v_pred = to_velocity(out, x_t, t_tok.to(x_t.dtype), prediction=prediction)  # (B, L, D)
+    # x-prediction's target goes through the same clamped division as its output (JiT does the
+    # same): the error is then (x0 - x̂0) / max(t, T_MIN), and an exact x̂0 scores 0 at every t
+    target = velocity_target(x0, noise) if prediction == "v" else to_velocity(x0, x_t, t_tok.to(x_t.dtype),
+                                                                                  prediction="x")
+    err = (v_pred.float() - target.float()).pow(2).mean(-1)  # (B, L)
     err = torch.where(valid, err, torch.zeros_like(err))  # where, not *: padding can't leak NaN
     loss = err.sum() / valid.sum().clamp(min=1)
     with torch.no_grad():

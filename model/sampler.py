@@ -1,4 +1,4 @@
-"""Generation for any list of grid sizes: noise on each grid, packed, Euler with CFG.
+"""Generation for any list of grid sizes: noise on each grid, packed, Euler (or Heun) with CFG.
 
 Every request (prompt, grid) becomes two packed samples, conditional and unconditional
 (the null caption ""), sharing one noise state. All samples, of whatever size and
@@ -9,6 +9,8 @@ the forward pass. Classifier-free guidance (Ho & Salimans, arXiv:2207.12598):
 Each request follows its own schedule: t_k = shift_time(1 - k / steps, shift(grid)) from
 model/flow.py, the same resolution shift the model was trained with, and
     x_{k+1} = x_k + (t_{k+1} - t_k) * v(x_k, t_k)       (t goes 1 -> 0)
+or, with solver="heun", the mean of v(x_k, t_k) and v at that Euler point and t_{k+1}
+(Karras et al. arXiv:2206.00364, Alg. 1; the last step, onto t = 0, stays Euler).
 Request i draws its noise from a generator seeded `seed + i`, so its video does not depend
 on which other requests were packed with it (the DiT is pack-invariant).
 
@@ -37,9 +39,12 @@ from .autoencoder import Autoencoder, IdentityAutoencoder
 from .conditioning import Condition, given_patches
 from .flow import FlowConfig, interpolate, resolution_shift, shift_time, to_velocity
 
-__all__ = ["check_grid", "generate"]
+__all__ = ["SOLVERS", "check_grid", "generate"]
+
+SOLVERS = ("euler", "heun")
 
 TextEncoder = Callable[[list[str]], tuple[Tensor, Tensor]]
+SOLVERS = ("euler", "heun")
 
 
 def check_grid(
@@ -81,6 +86,7 @@ def generate(
     rows: int | None = None,
     on_step: Callable[[int], None] | None = None,
     conditions: Sequence[Condition | None] | None = None,
+    solver: str = "euler",
 ) -> list[Tensor]:
     """Sample one video per (prompt, grid); returns [C, T, H, W] tensors (images: T = 1).
 
@@ -90,9 +96,11 @@ def generate(
     max_tokens: the largest grid accepted, in tokens (T'H'W'); larger raises ValueError.
     max_len: packed row length L (default: the largest request, so everything fits).
     rows: rows per packed forward (default: all rows, one forward per step).
-    on_step: called with k + 1 after Euler step k (e.g. a progress bar's update).
+    on_step: called with k + 1 after step k (e.g. a progress bar's update).
     conditions: per request a Condition (given frames, SDEdit strength; in the grid's units)
         or None; requests with and without conditions pack together.
+    solver: "euler", or "heun" (Karras et al. arXiv:2206.00364, Alg. 1: an Euler step, then
+        the mean of the velocities at both ends; two model calls per step but the last).
     """
     cfg = model.config
     patch = tuple(cfg.patch if patch is None else patch)
@@ -106,6 +114,8 @@ def generate(
         raise ValueError(f"steps={steps} must be >= 1")
     if not math.isfinite(cfg_scale):  # NaN or inf guidance turns every video black
         raise ValueError(f"cfg_scale={cfg_scale} must be a finite number")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver={solver!r} not in {SOLVERS}")
     if rows is not None and rows < 1:
         raise ValueError(f"rows={rows} must be >= 1")
     pgrids = [check_grid(i, g, patch=patch, max_tokens=max_tokens) for i, g in enumerate(grids)]
@@ -154,24 +164,40 @@ def generate(
         text_tokens, text_lengths = text_encoder(prompts + [""])
         captions = list(text_tokens.to(device).split(text_lengths.tolist()))
         batches = _plan_batches(entries, x, pgrids, given, captions, max_len=max_len, rows=rows, device=device)
-        for k in range(steps):
+
+        def velocity(states: list[Tensor], k: int) -> list[Tensor]:
+            """CFG-combined velocity of every request at its own schedule time sched[i, k]."""
             v_cond, v_uncond = [None] * r, [None] * r
             for batch, order, text, lengths in batches:
-                tokens = batch.merge([x[entries[e][0]] for e in order])  # (B, L, D): same layout, new x
+                tokens = batch.merge([states[entries[e][0]] for e in order])  # (B, L, D): same layout, new x
                 t_S = sched[[entries[e][0] for e in order], k].to(device)
                 v = model(batch.with_tokens(tokens), t_S, text, lengths)
                 for e, v_s in zip(order, batch.split(v)):
                     i, cap = entries[e]
-                    v_s = to_velocity(v_s, x[i], sched[i, k].to(device), prediction=cfg.prediction, t_min=0.0)
+                    v_s = to_velocity(v_s, states[i], sched[i, k].to(device), prediction=cfg.prediction, t_min=0.0)
                     (v_cond if cap == i else v_uncond)[i] = v_s
-            for i in range(r):
-                dt = float(sched[i, k + 1] - sched[i, k])
-                if dt == 0.0:  # strength 0: nothing to integrate (and x-prediction's v is 0/0 at t = 0)
-                    continue
-                v = v_uncond[i] + cfg_scale * (v_cond[i] - v_uncond[i]) if guided else v_cond[i]
-                x[i] = x[i] + dt * v
-                if given[i] is not None:  # given tokens are written back as given
-                    x[i] = torch.where(given[i].to(device)[:, None], clean[i].to(device), x[i])
+            return [v_uncond[i] + cfg_scale * (v_cond[i] - v_uncond[i]) if guided else v_cond[i] for i in range(r)]
+
+        def written_back(i: int, state: Tensor) -> Tensor:
+            """Given tokens are written back as given after every step."""
+            if given[i] is None:
+                return state
+            return torch.where(given[i].to(device)[:, None], clean[i].to(device), state)
+
+        for k in range(steps):
+            dt = [float(sched[i, k + 1] - sched[i, k]) for i in range(r)]
+            # strength 0: nothing to integrate (and x-prediction's v is 0/0 at t = 0)
+            moving = [i for i in range(r) if dt[i] != 0.0]
+            v = velocity(x, k)
+            euler = list(x)
+            for i in moving:
+                euler[i] = written_back(i, x[i] + dt[i] * v[i])
+            if solver == "heun" and k + 1 < steps:  # the last step lands on t = 0: Euler there
+                v_next = velocity(euler, k + 1)
+                for i in moving:
+                    x[i] = written_back(i, x[i] + dt[i] * 0.5 * (v[i] + v_next[i]))
+            else:
+                x = euler
             if on_step is not None:
                 on_step(k + 1)
     finally:

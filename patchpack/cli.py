@@ -192,13 +192,14 @@ def cmd_encode_latents(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from patchpack.train.apps.demo import DemoOptions, run_demo
 
-    opts = DemoOptions(out=args.out, config=args.config, overrides=args.overrides, prompts=args.prompts,
-                       sample_steps=args.steps, cfg_scale=args.cfg, seed=args.seed)
+    opts = DemoOptions(out=args.out, config=args.config, overrides=args.overrides, vae=args.vae,
+                       prompts=args.prompts, sample_steps=args.steps, cfg_scale=args.cfg, seed=args.seed,
+                       minutes=args.minutes, solver=args.solver)
     if args.num_samples is not None:
         opts.num_samples = args.num_samples
     if args.quick:
         opts = opts.quick()
-    run_demo(opts)
+    run_demo(opts, data_only=args.data_only)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -206,13 +207,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from patchpack.train.apps.prompting import with_condition
 
     sizes = [parse_size(s) for s in args.size]
-    reqs = requests(args.prompt, sizes=sizes, frames=args.frames or [8])
     run = load_run(args.ckpt, weights=args.weights, rope_extrapolation=args.rope)
+    reqs = requests(args.prompt, sizes=sizes, frames=args.frames or [run.default_frames])
     reqs = with_condition(run, reqs, image_path=args.image, video_path=args.video, extend_by=args.extend,
                           backward=args.backward, connect_paths=args.connect, edit_path=args.edit,
                           strength=args.strength, frames_given=args.frames is not None)
     t0 = time.perf_counter()
-    videos = sample(run, reqs, steps=args.steps, cfg_scale=args.cfg, seed=args.seed, progress=True)
+    videos = sample(run, reqs, steps=args.steps, cfg_scale=args.cfg, seed=args.seed, progress=True,
+                    solver=args.solver)
     dt = time.perf_counter() - t0
     write_outputs(args.out, reqs, videos, fps=run.fps,
                   intro=f"{run.checkpoint} ({run.weights} weights), {args.steps} steps, CFG {args.cfg}, seed {args.seed}",
@@ -303,11 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="synth -> train the tiny DiT on CPU -> generate at many sizes -> gallery + eval")
     s.add_argument("--out", default="runs/demo", help="data/, run/, samples/ and summary.json go here")
     s.add_argument("--config", default=None, help="training config (default: configs/demo.yaml of the checkout)")
-    s.add_argument("--num-samples", type=count(1), default=None, help="synthetic clips to write (default 1200)")
-    s.add_argument("--prompts", type=count(1), default=8, help="evaluated prompts, each at every demo size")
-    s.add_argument("--steps", type=count(1), default=25, help="Euler sampling steps")
+    s.add_argument("--num-samples", type=count(1), default=None, help="synthetic clips to write (default 2000)")
+    s.add_argument("--prompts", type=count(1), default=8, help="held-out prompts, each generated at every demo size")
+    s.add_argument("--steps", type=count(1), default=25, help="sampling steps")
+    s.add_argument("--solver", choices=("euler", "heun"), default="euler",
+                   help="heun: second order, two model calls per step")
     s.add_argument("--cfg", type=finite(), default=4.0, help="classifier-free guidance scale")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--minutes", type=finite(0.0), default=None,
+                   help="the whole demo's length on a 2-core machine: sets the training steps (default: the config's, ~15)")
+    s.add_argument("--vae", default=None, help="an exported VAE directory (default: the demo VAE shipped with patchpack)")
+    s.add_argument("--data-only", action="store_true", help="write the demo's synthetic shards to OUT/data and stop")
     s.add_argument("--quick", action="store_true", help="a tiny run of every stage (about a minute; noise out)")
     s.add_argument("overrides", nargs="*", help="training config overrides, e.g. loop.steps=500")
     s.set_defaults(func=cmd_demo)
@@ -317,8 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
     s.add_argument("--size", action="append", required=True, help="HEIGHTxWIDTH in pixels; repeat for several")
     s.add_argument("--frames", type=count(1), action="append", default=None,
-                   help="frames per video: once for all sizes or once per --size (default 8; 1 = an image)")
-    s.add_argument("--steps", type=count(1), default=30, help="Euler steps")
+                   help="frames per video: once for all sizes or once per --size (default 8, or 9 for a run "
+                        "in a x4 causal VAE's latents: 1 + 2 x 4; 1 = an image)")
+    s.add_argument("--steps", type=count(1), default=30, help="sampling steps")
+    s.add_argument("--solver", choices=("euler", "heun"), default="euler",
+                   help="heun: second order, two model calls per step")
     s.add_argument("--cfg", type=finite(), default=4.0, help="classifier-free guidance scale (1 = off)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--weights", choices=("ema", "raw"), default="ema")

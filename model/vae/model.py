@@ -50,6 +50,13 @@ class VAEConfig:
     # downsample/upsample instead of the resampler itself, which matters most for short
     # runs (docs/vae.md has the measurements). Needs widths[-1] % latent_channels == 0.
     shortcuts: bool = False
+    # the pixels themselves on the same shortcut road (needs shortcuts): RGB tiled over the
+    # stem's widths[0] channels, width-changing skips that start as channel repeats / group
+    # means, and the decoder's output + the mean of its features per colour. At init the
+    # whole VAE is then a plain mean-down / copy-up of the RGB clip. Without it the demo VAE
+    # lost the green channel (green objects decoded as their background, yellow as orange:
+    # docs/vae.md), a colour error no amount of its training fixed.
+    rgb_shortcut: bool = False
 
     def __post_init__(self) -> None:
         self.widths = list(self.widths)
@@ -67,6 +74,8 @@ class VAEConfig:
         if self.shortcuts and self.widths[-1] % self.latent_channels:
             raise ValueError(f"shortcuts need widths[-1]={self.widths[-1]} divisible by "
                              f"latent_channels={self.latent_channels}")
+        if self.rgb_shortcut and not self.shortcuts:
+            raise ValueError("rgb_shortcut needs shortcuts=True (it rides on their parameter-free road)")
         if min(self.widths) < 1 or self.latent_channels < 1 or self.channels < 1 or self.res_blocks < 0:
             raise ValueError(f"widths, latent_channels, channels must be >= 1, res_blocks >= 0: {self}")
         if not (0 <= self.kl_weight < math.inf and 0 < self.latent_scale < math.inf and math.isfinite(self.logvar_init)):
@@ -137,12 +146,40 @@ class CausalVAE(nn.Module):
         self.dec_skip = nn.Conv3d(w[0], c.channels, 1) if c.shortcuts else None
         with torch.no_grad():
             self.enc_out.conv.bias[c.latent_channels:].fill_(c.logvar_init)
+            if c.rgb_shortcut:
+                self._init_as_resampler()
+
+    def _init_as_resampler(self) -> None:
+        """rgb_shortcut's start: width-changing skips as repeats (wider) or group means
+        (narrower), and every conv that adds to the shortcut road zeroed (the residual
+        branches' last convs, the resamplers' convs, the stem, the latent and output convs),
+        so the untrained VAE is exactly a mean-down / copy-up of the RGB clip and training
+        only adds to it (zero-init residuals, as adaLN-Zero in the DiT)."""
+        zero = [self.enc_in.conv, self.enc_out.conv, self.dec_in.conv, self.dec_out.conv, self.dec_skip]
+        for block in [*self.encoder, *self.decoder]:
+            if isinstance(block, ResBlock):
+                zero.append(block.conv2.conv)
+                if isinstance(block.skip, nn.Conv3d):
+                    _init_regroup(block.skip)
+            elif isinstance(block, (Downsample, Upsample)):
+                zero += [block.space.conv if isinstance(block.space, CausalConv3d) else block.space]
+                zero += [block.tconv.conv] if block.tconv is not None else []
+        for conv in zero:
+            conv.weight.zero_()
+            conv.bias.zero_()
+        self.enc_out.conv.bias[self.config.latent_channels:].fill_(self.config.logvar_init)
+
+    def _colour_index(self, width: int) -> Tensor:
+        return torch.arange(width) % self.config.channels  # feature j carries colour j % C
 
     # ---------------------------------------------------------------- batched (training)
 
     def encode_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(B, C, T, H, W) -> posterior mean, logvar (B, L, T', H', W'), unscaled."""
-        h = self.encoder(self.enc_in(x))  # (B, w[-1], T', H', W')
+        h = self.enc_in(x)  # (B, w[0], T, H, W)
+        if self.config.rgb_shortcut:  # + the pixels, tiled over the channels
+            h = h + x[:, self._colour_index(h.shape[1])]
+        h = self.encoder(h)  # (B, w[-1], T', H', W')
         mean, logvar = self.enc_out(torch.nn.functional.silu(self.enc_norm(h))).chunk(2, dim=1)
         if self.config.shortcuts:  # + the mean of each group of w[-1]/L channels of h
             b, c, *thw = h.shape
@@ -156,6 +193,9 @@ class CausalVAE(nn.Module):
             h = h + z.repeat_interleave(h.shape[1] // z.shape[1], dim=1)
         h = self.decoder(h)  # (B, w[0], T, H, W)
         out = self.dec_out(torch.nn.functional.silu(self.dec_norm(h)))
+        if self.config.rgb_shortcut:  # + per colour, the mean of the features that carry it
+            idx = self._colour_index(h.shape[1]).to(h.device)
+            out = out + torch.stack([h[:, idx == c].mean(1) for c in range(out.shape[1])], dim=1)
         return out if self.dec_skip is None else out + self.dec_skip(h)
 
     def forward(self, x: Tensor, *, sample: bool = True, generator: torch.Generator | None = None) -> VAEOutput:
@@ -202,6 +242,23 @@ class CausalVAE(nn.Module):
         with _streaming(self):
             parts = [self.decode_latent(z[:, :, a:b]) for a, b in _chunks(t, chunk)]
         return torch.cat(parts, dim=2)[0].clamp(-1, 1)
+
+
+def _init_regroup(skip: nn.Conv3d) -> None:
+    """A 1x1x1 conv cin -> cout as a parameter-free regrouping: each input channel repeated
+    cout/cin times (consecutive copies), or each run of cin/cout channels averaged; the
+    latent's group means and repeats pair channels the same way. Other ratios keep their init."""
+    cout, cin = skip.weight.shape[:2]
+    w = torch.zeros(cout, cin)
+    if cout % cin == 0:
+        w[torch.arange(cout), torch.arange(cout) // (cout // cin)] = 1.0
+    elif cin % cout == 0:
+        k = cin // cout
+        w[torch.arange(cin) // k, torch.arange(cin)] = 1.0 / k
+    else:
+        return
+    skip.weight.copy_(w[:, :, None, None, None])
+    skip.bias.zero_()
 
 
 def _chunks(t: int, chunk: int) -> list[tuple[int, int]]:

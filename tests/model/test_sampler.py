@@ -8,7 +8,7 @@ import pytest
 import torch
 from dit_testing import StubTextEncoder, random_dit
 
-from patchpack.model import IdentityAutoencoder, check_grid, generate
+from patchpack.model import FlowConfig, IdentityAutoencoder, check_grid, generate
 from patchpack.packer import plan_packs
 
 GRIDS = [(1, 8, 8), (4, 4, 6), (1, 6, 10), (2, 8, 4)]  # images and clips, patch (1, 2, 2)
@@ -122,3 +122,32 @@ def test_on_step_reports_every_euler_step():
     seen = []
     generate(random_dit("reference", depth=1), StubTextEncoder(), PROMPTS[:1], GRIDS[:1], steps=3, on_step=seen.append)
     assert seen == [1, 2, 3]
+
+
+class _LinearField(torch.nn.Module):
+    """v(x, t) = x: the ODE dx/dt = x, so integrating t from 1 to 0 gives x(0) = x(1) / e."""
+
+    def __init__(self, rate: float = 1.0):
+        super().__init__()
+        self.config = random_dit("reference", depth=1).config
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # a device to put the noise on
+        self.rate = rate
+
+    def forward(self, batch, t_S, text, lengths):
+        return self.rate * batch.tokens
+
+
+def test_heun_is_second_order_and_calls_the_model_twice_per_step_but_the_last():
+    model = _LinearField()
+    calls = _count_forwards(model)
+    kw = dict(cfg_scale=1.0, seed=3, flow=FlowConfig(resolution_shift=False))  # uniform steps of 1/8
+    noise = generate(_LinearField(rate=0.0), StubTextEncoder(), PROMPTS[:1], GRIDS[:1], steps=1, **kw)[0]  # x(1)
+    heun = generate(model, StubTextEncoder(), PROMPTS[:1], GRIDS[:1], steps=8, solver="heun", **kw)[0]
+    assert len(calls) == 2 * 8 - 1
+    euler = generate(model, StubTextEncoder(), PROMPTS[:1], GRIDS[:1], steps=8, **kw)[0]
+    exact = noise / math.e
+    torch.testing.assert_close(euler, noise * (1 - 1 / 8) ** 8)
+    torch.testing.assert_close(heun, noise * (1 - 1 / 8 + 1 / 128) ** 7 * (1 - 1 / 8))  # Euler onto t = 0
+    assert (heun - exact).abs().max() < 0.3 * (euler - exact).abs().max()
+    with pytest.raises(ValueError, match="solver"):
+        generate(model, StubTextEncoder(), PROMPTS[:1], GRIDS[:1], steps=2, solver="rk4")

@@ -90,24 +90,32 @@ class GalleryItem:
     size: tuple[int, int, int]  # (T, H, W) in pixels
     files: MediaFiles
     notes: list[str] = field(default_factory=list)  # e.g. "unseen aspect 1:3", "colour ok"
+    reference: MediaFiles | None = None  # a real clip of the same caption and size, shown beside it
 
 
 def write_gallery(path: str | Path, items: Sequence[GalleryItem], *, title: str, intro: str = "",
                   scale: int = 4) -> Path:
-    """A self-contained HTML page (no scripts, no external assets) showing each gif."""
+    """A self-contained HTML page (no scripts, no external assets) showing each gif, beside its
+    item's reference clip when it has one."""
     cards = []
     for it in items:
         t, h, w = it.size
         links = " · ".join(f'<a href="{html.escape(f)}">{kind}</a>'
                            for kind, f in (("mp4", it.files.mp4), ("gif", it.files.gif), ("png", it.files.png)) if f)
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in it.notes)
+        img = (f'<img src="{html.escape(it.files.gif)}" width="{w * scale}" height="{h * scale}" '
+               f'alt="{html.escape(it.caption)}">')
+        if it.reference is not None:  # generated | real, each labelled
+            ref = (f'<img src="{html.escape(it.reference.gif)}" width="{w * scale}" height="{h * scale}" '
+                   f'alt="reference: {html.escape(it.caption)}">')
+            img = (f'<span class="pair"><span>{img}<br>generated</span><span>{ref}<br>reference</span></span>')
         cards.append(
-            f'<figure><img src="{html.escape(it.files.gif)}" width="{w * scale}" height="{h * scale}" '
-            f'alt="{html.escape(it.caption)}"><figcaption><b>{html.escape(it.caption)}</b><br>'
+            f'<figure>{img}<figcaption><b>{html.escape(it.caption)}</b><br>'
             f"{t} frame{'s' if t > 1 else ''} · {h}×{w} px · {links}<ul>{notes}</ul></figcaption></figure>")
     style = ("body{font-family:sans-serif;margin:2em;background:#fafafa}"
-             "figure{display:inline-block;vertical-align:top;margin:0 1.5em 1.5em 0;max-width:420px}"
+             "figure{display:inline-block;vertical-align:top;margin:0 1.5em 1.5em 0;max-width:640px}"
              "img{image-rendering:pixelated;background:#222}figcaption{font-size:13px}"
+             ".pair{display:flex;gap:6px;font-size:11px;color:#555;text-align:center}"
              "ul{margin:.3em 0;padding-left:1.2em;color:#555}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"

@@ -62,6 +62,14 @@ class LoadedRun:
         return float(self.config.data.fps or 8.0)
 
     @property
+    def default_frames(self) -> int:
+        """A clip length the run can make, near 8: 8 in pixels, the next 1 + k x temporal with the VAE."""
+        if self.vae is None:
+            return 8
+        ft = self.vae.config.temporal
+        return 1 + -(-7 // ft) * ft
+
+    @property
     def patch(self) -> tuple[int, int, int]:
         return tuple(self.model.config.patch)
 
@@ -184,10 +192,10 @@ def model_grids(run: LoadedRun, reqs: Sequence[Request], *, max_tokens: int) -> 
 
 
 def sample(run: LoadedRun, reqs: Sequence[Request], *, steps: int = 30, cfg_scale: float = 4.0, seed: int = 0,
-           max_tokens: int = 16384, progress: bool = False) -> list[np.ndarray]:
-    """uint8 [T, H, W, 3] per request; all requests share each packed Euler step.
+           max_tokens: int = 16384, progress: bool = False, solver: str = "euler") -> list[np.ndarray]:
+    """uint8 [T, H, W, 3] per request; all requests share each packed sampling step.
 
-    progress: a tqdm bar over the Euler steps (stderr).
+    progress: a tqdm bar over the steps (stderr). solver: "euler" or "heun" (model/sampler.py).
     """
     from tqdm import tqdm
 
@@ -203,7 +211,7 @@ def sample(run: LoadedRun, reqs: Sequence[Request], *, steps: int = 30, cfg_scal
     with tqdm(total=steps, desc="sampling", unit="step", disable=not progress) as bar:
         videos = generate(run.model, run.encoder, [r.prompt for r in reqs], grids, steps=steps, cfg_scale=cfg_scale,
                           seed=seed, max_tokens=max_tokens, autoencoder=run.vae, flow=run.config.flow,
-                          on_step=lambda k: bar.update(1), conditions=conditions)
+                          on_step=lambda k: bar.update(1), conditions=conditions, solver=solver)
     return [from_video_CTHW(v) for v in videos]
 
 
@@ -251,10 +259,13 @@ def model_condition(run: LoadedRun, given: Given) -> Condition:
 
 def write_outputs(out_dir: str | Path, reqs: Sequence[Request], videos: Sequence[np.ndarray], *, fps: float,
                   title: str = "patchpack samples", intro: str = "", notes: Sequence[list[str]] | None = None,
-                  info: dict | None = None) -> dict:
+                  info: dict | None = None, references: Sequence[np.ndarray | None] | None = None) -> dict:
     """mp4/gif/png per video, contact_sheet.png, index.html and manifest.json; returns the manifest.
 
-    manifest.json: {"items": [{"prompt", "frames", "height", "width", "tag", "files": {...}}], **info}
+    references: a real clip per request (same caption and size) or None, written as
+    ref_<stem>.* and shown beside its sample in the gallery and on the contact sheet.
+    manifest.json: {"items": [{"prompt", "frames", "height", "width", "tag", "files": {...}
+    [, "reference": {...}]}], **info}
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -267,10 +278,20 @@ def write_outputs(out_dir: str | Path, reqs: Sequence[Request], videos: Sequence
         if r.condition is not None:
             item["condition"] = r.condition.summary()
         items.append({**item, "files": {k: v for k, v in asdict(files).items() if v}})
+        ref = None
+        if references is not None and references[i] is not None:
+            ref = write_video_files(out, f"ref_{stem}", references[i], fps=fps)
+            items[-1]["reference"] = {k: v for k, v in asdict(ref).items() if v}
         extra = [r.tag] if r.tag else []
-        gallery.append(GalleryItem(r.prompt, r.grid, files, extra + (list(notes[i]) if notes else [])))
+        gallery.append(GalleryItem(r.prompt, r.grid, files, extra + (list(notes[i]) if notes else []), ref))
     labels = [f"{r.frames}x{r.height}x{r.width}  {r.prompt}" for r in reqs]
-    contact_sheet(out / "contact_sheet.png", list(videos), labels)
+    rows = list(videos)
+    if references is not None:  # each frame: generated above reference, a white line between
+        labels = [label if ref is None else f"{label}   (top: generated, bottom: reference)"
+                  for label, ref in zip(labels, references)]
+        rows = [v if ref is None else np.concatenate([v, np.full_like(v[:, :1], 255), ref], axis=1)
+                for v, ref in zip(videos, references)]
+    contact_sheet(out / "contact_sheet.png", rows, labels)
     write_gallery(out / "index.html", gallery, title=title, intro=intro)
     manifest = {"items": items, **(info or {})}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -42,7 +42,11 @@ class PromptedRow:
 def prompted_requests(run: LoadedRun, *, side: int, frames: int, subjects: int, seed: int) -> list[Request]:
     """4 prompted requests and 2 text-only baselines per subject (tags name the mode)."""
     rng = random.Random(seed)
-    half = frames // 2
+    starts = [r.start for r in prompting.patch_frames(run, frames)][1:]  # where a later temporal patch starts
+    if not starts:
+        raise ValueError(f"the prompted row needs clips of at least two temporal patches, got {frames} frames")
+    half = min(starts, key=lambda s: abs(s - frames / 2))  # the patch boundary nearest the middle
+    longer = next(t for t in range(2 * frames, frames, -1) if prompting.patch_frames_or_none(run, t))
     out = []
     for _ in range(subjects):
         clip, caption, _ = shape_clip(rng, 2 * frames, side, side)
@@ -50,10 +54,10 @@ def prompted_requests(run: LoadedRun, *, side: int, frames: int, subjects: int, 
         out += [
             prompting.image(run, req(frames, MODES[0]), clip[:1]),
             prompting.extend(run, req(frames, MODES[1]), clip[:half], frames - half),
-            prompting.extend(run, req(2 * frames, MODES[2]), clip[:frames], frames),
-            prompting.extend(run, req(frames, MODES[3]), clip[half:frames], frames - half, backward=True),
+            prompting.extend(run, req(longer, MODES[2]), clip[:frames], longer - frames),
+            prompting.extend(run, req(frames, MODES[3]), clip[half:frames], half, backward=True),
             req(frames, "text only"),
-            req(2 * frames, "text only, unseen length"),
+            req(longer, "text only, unseen length"),
         ]
     return out
 

@@ -105,12 +105,18 @@ def patch_frames(run, frames: int) -> list[range]:
     return [range(dit[p * pt].start, dit[p * pt + pt - 1].stop) for p in range(len(dit) // pt)]
 
 
-def _boundaries(run, frames: int) -> set[int] | None:
-    """Frame indices where a temporal patch starts (and `frames`), or None if `frames` is not makeable."""
+def patch_frames_or_none(run, frames: int) -> list[range] | None:
+    """patch_frames, or None when `frames` is not a length the run can make."""
     try:
-        return {r.start for r in patch_frames(run, frames)} | {frames}
+        return patch_frames(run, frames)
     except ValueError:
         return None
+
+
+def _boundaries(run, frames: int) -> set[int] | None:
+    """Frame indices where a temporal patch starts (and `frames`), or None if `frames` is not makeable."""
+    patches = patch_frames_or_none(run, frames)
+    return None if patches is None else {r.start for r in patches} | {frames}
 
 
 def _fit(run, req, frames_THWC: np.ndarray, what: str) -> np.ndarray:

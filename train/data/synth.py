@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Collection
 from functools import cache
 from pathlib import Path
 
@@ -49,9 +50,14 @@ MOTIONS = ("pan left", "pan right", "pan up", "pan down", "zoom in", "zoom out")
 
 def synth(out_dir: str | Path, *, num_samples: int = 200, seed: int = 0, shard_size: int = 64,
           photo_fraction: float = 0.35, max_side: int = 256, min_side: int = 64,
-          overwrite: bool = False, progress: bool = True) -> dict:
+          digit_fraction: float = 0.3, object_scale: tuple[float, float] = (0.3, 0.45),
+          exclude: Collection[str] = (), overwrite: bool = False, progress: bool = True) -> dict:
     """Write `num_samples` synthetic samples as webdataset shards of `shard_size` samples.
 
+    digit_fraction: share of digits among the shape clips; object_scale: (lo, hi) object side
+    as a fraction of the frame's short side. exclude: captions never written (a sample drawn
+    with one is drawn again), e.g. held-out evaluation prompts. The defaults write the same
+    samples as before these knobs existed.
     overwrite: replace the shards already in out_dir (refused otherwise, shards.prepare_out_dir).
     Returns {"written", "shards", "bytes", "skipped", "kinds"} and prints it.
     """
@@ -66,12 +72,25 @@ def synth(out_dir: str | Path, *, num_samples: int = 200, seed: int = 0, shard_s
         raise ValueError(f"need 16 <= min_side <= max_side, got {min_side}, {max_side}")
     if not 0.0 <= photo_fraction <= 1.0:
         raise ValueError(f"photo_fraction must be in [0, 1], got {photo_fraction}")
+    if not 0 <= digit_fraction <= 1 or not 0 < object_scale[0] <= object_scale[1] <= 1:
+        raise ValueError(f"need digit_fraction in [0, 1] and 0 < object_scale lo <= hi <= 1, "
+                         f"got {digit_fraction}, {tuple(object_scale)}")
     rng = random.Random(seed)
+    exclude = set(exclude)
     kinds: dict[str, int] = {}
     with ShardWriter(prepare_out_dir(out_dir, overwrite=overwrite), max_count=shard_size) as writer:
         for i in tqdm(range(num_samples), desc="synth", unit="sample", disable=not progress):
-            frames_THWC, caption, attrs = make_sample(rng, photo_fraction=photo_fraction,
-                                                      min_side=min_side, max_side=max_side)
+            frames_THWC, caption, attrs = make_sample(rng, photo_fraction=photo_fraction, min_side=min_side,
+                                                      max_side=max_side, digit_fraction=digit_fraction,
+                                                      object_scale=object_scale)
+            for _ in range(1000):  # a held-out caption: draw again (same rng, so still seeded)
+                if caption not in exclude:
+                    break
+                frames_THWC, caption, attrs = make_sample(rng, photo_fraction=photo_fraction, min_side=min_side,
+                                                          max_side=max_side, digit_fraction=digit_fraction,
+                                                          object_scale=object_scale)
+            else:
+                raise ValueError(f"1000 draws in a row gave excluded captions, last {caption!r}")
             t, h, w = frames_THWC.shape[:3]
             if t == 1:
                 ext = "jpg" if attrs["kind"] == "photo" else "png"
@@ -90,7 +109,8 @@ def synth(out_dir: str | Path, *, num_samples: int = 200, seed: int = 0, shard_s
 
 
 def make_sample(rng: random.Random, *, photo_fraction: float = 0.35, min_side: int = 64,
-                max_side: int = 256) -> tuple[np.ndarray, str, dict]:
+                max_side: int = 256, digit_fraction: float = 0.3,
+                object_scale: tuple[float, float] = (0.3, 0.45)) -> tuple[np.ndarray, str, dict]:
     """One sample: (uint8 [T, H, W, 3], caption, attrs)."""
     frames = rng.choice(FRAMES)
     aspect_name = rng.choice(list(ASPECTS))
@@ -99,7 +119,7 @@ def make_sample(rng: random.Random, *, photo_fraction: float = 0.35, min_side: i
     if rng.random() < photo_fraction:
         video, caption, attrs = photo_clip(rng, frames, h, w)
     else:
-        video, caption, attrs = shape_clip(rng, frames, h, w)
+        video, caption, attrs = shape_clip(rng, frames, h, w, digit_fraction=digit_fraction, object_scale=object_scale)
     return video, caption, base | attrs
 
 
@@ -112,28 +132,44 @@ def _size(aspect: float, long_side: int, min_side: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------- shapes and digits
 
 
-def shape_clip(rng: random.Random, frames: int, h: int, w: int) -> tuple[np.ndarray, str, dict]:
+def shape_clip(rng: random.Random, frames: int, h: int, w: int, *, digit_fraction: float = 0.3,
+               object_scale: tuple[float, float] = (0.3, 0.45)) -> tuple[np.ndarray, str, dict]:
     """A coloured shape or digit moving on a plain background: (uint8 [T, H, W, 3], caption, attrs)."""
     colour, bg = rng.choice(list(COLOURS)), rng.choice(list(BACKGROUNDS))
-    digit = rng.random() < 0.3
+    digit = rng.random() < digit_fraction
     obj = rng.randrange(10) if digit else rng.choice(SHAPES)
-    size = max(8, int(min(h, w) * rng.uniform(0.3, 0.45)))
-    mask = digit_mask(obj, size) if digit else shape_mask(obj, size)
-    canvas = np.empty((h, w, 3), np.uint8)
-    canvas[:] = BACKGROUNDS[bg]
+    size = max(8, int(min(h, w) * rng.uniform(*object_scale)))
     y0, x0 = rng.randrange(h - size + 1), rng.randrange(w - size + 1)
-    canvas[y0:y0 + size, x0:x0 + size][mask] = COLOURS[colour]
     attrs = {"kind": "digit" if digit else "shape", "object": obj, "colour": colour, "background": bg,
              "start_yx": [y0 + size // 2, x0 + size // 2]}
     if frames == 1:
-        return canvas[None], shape_caption(obj, colour, bg), attrs
+        return render_shape(obj, colour, bg, frames=1, height=h, width=w, size=size, top_left=(y0, x0)), \
+            shape_caption(obj, colour, bg), attrs
     direction, speed = rng.choice(list(DIRECTIONS)), rng.choice(list(SPEEDS))
-    dy, dx = DIRECTIONS[direction]
-    step = SPEEDS[speed] * (h if dy else w)  # pixels per frame
-    video = np.stack([np.roll(canvas, (round(dy * step * t), round(dx * step * t)), axis=(0, 1))
-                      for t in range(frames)])
+    video = render_shape(obj, colour, bg, frames=frames, height=h, width=w, size=size, top_left=(y0, x0),
+                         direction=direction, speed=speed)
     caption = shape_caption(obj, colour, bg, direction=direction, speed=speed)
+    step = SPEEDS[speed] * (h if DIRECTIONS[direction][0] else w)
     return video, caption, attrs | {"direction": direction, "speed": speed, "pixels_per_frame": step}
+
+
+def render_shape(obj: str | int, colour: str, background: str, *, frames: int, height: int, width: int,
+                 size: int, top_left: tuple[int, int], direction: str | None = None,
+                 speed: str | None = None) -> np.ndarray:
+    """uint8 [T, H, W, 3]: a `size`-pixel shape or digit at `top_left` on a plain background,
+    moving `direction` at `speed` (a fraction of the frame per frame) and wrapping around
+    the edges; frames == 1 (or no direction) draws a still."""
+    mask = digit_mask(obj, size) if isinstance(obj, int) else shape_mask(obj, size)
+    canvas = np.empty((height, width, 3), np.uint8)
+    canvas[:] = BACKGROUNDS[background]
+    y0, x0 = top_left
+    canvas[y0:y0 + size, x0:x0 + size][mask] = COLOURS[colour]
+    if frames == 1 or direction is None:
+        return np.repeat(canvas[None], frames, axis=0)
+    dy, dx = DIRECTIONS[direction]
+    step = SPEEDS[speed] * (height if dy else width)  # pixels per frame
+    return np.stack([np.roll(canvas, (round(dy * step * t), round(dx * step * t)), axis=(0, 1))
+                     for t in range(frames)])
 
 
 def shape_caption(obj: str | int, colour: str, background: str, *, direction: str | None = None,

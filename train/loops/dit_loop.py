@@ -330,7 +330,7 @@ class DiTTask:
         self.nonfinite_run = 0
         self.optimizer.step()
         self.scheduler.step()
-        self.ema.update(self.trained)
+        self.ema.update(self.trained, step=self.step)  # warmed up: the early average forgets the init
         self.step += 1
         self.seen_grid = [max(a, int(b)) for a, b in zip(self.seen_grid, batch.grid.max(0).values.tolist())]
         self.last_loss = float(out.loss.detach())

@@ -53,6 +53,11 @@ class VAEEvalConfig:
                                                             [1, 128, 128], [33, 96, 160]])
     per_size: int = 4  # clips per size
     seed: int = 1000
+    # what the held-out clips show (they also set latent_scale): shapes and photo pans
+    # alternately, or shapes only for a VAE trained on shapes only (synth's knobs)
+    photos: bool = True
+    digit_fraction: float = 0.3
+    object_scale: list[float] = field(default_factory=lambda: [0.3, 0.45])
 
     def __post_init__(self) -> None:
         check_int("eval.per_size", self.per_size, low=1)

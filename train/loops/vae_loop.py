@@ -63,16 +63,21 @@ def vae_psnr_report(vae: CausalVAE, videos: Iterable[Tensor], *, chunk: int | No
             for (t, h, w), (s, n) in sums.items()]
 
 
-def synth_eval_videos(sizes: Sequence[Sequence[int]], *, per_size: int, seed: int) -> list[Tensor]:
-    """Held-out synthetic clips at exact (T, H, W) sizes: shapes and photo pans alternately,
-    drawn from the same generators as `patchpack synth` with their own seed."""
+def synth_eval_videos(sizes: Sequence[Sequence[int]], *, per_size: int, seed: int, photos: bool = True,
+                      digit_fraction: float = 0.3, object_scale: Sequence[float] = (0.3, 0.45)) -> list[Tensor]:
+    """Held-out synthetic clips at exact (T, H, W) sizes: shapes and photo pans alternately
+    (photos=False: shapes only), drawn from the same generators as `patchpack synth` with
+    their own seed; digit_fraction and object_scale as synth's."""
+    from functools import partial
+
     from patchpack.train.data.synth import photo_clip, shape_clip
 
     rng = random.Random(seed)
+    shape = partial(shape_clip, digit_fraction=digit_fraction, object_scale=tuple(object_scale))
     out = []
     for t, h, w in sizes:
         for i in range(per_size):
-            make = photo_clip if i % 2 else shape_clip
+            make = photo_clip if photos and i % 2 else shape
             frames_THWC, _, _ = make(rng, int(t), int(h), int(w))
             out.append(to_video_CTHW(np.ascontiguousarray(frames_THWC)))
     return out
@@ -241,7 +246,8 @@ def train_vae(cfg: VAETrainConfig) -> dict:
 
     vae = task.vae.eval()
     ev = cfg.eval
-    videos = synth_eval_videos(ev.sizes, per_size=ev.per_size, seed=ev.seed)
+    videos = synth_eval_videos(ev.sizes, per_size=ev.per_size, seed=ev.seed, photos=ev.photos,
+                               digit_fraction=ev.digit_fraction, object_scale=ev.object_scale)
     vae.config.latent_scale = 1.0 / max(latent_std(vae, videos), 1e-6)
     report = vae_psnr_report(vae, videos)
     export = save_vae(vae, task.run_dir / "vae")

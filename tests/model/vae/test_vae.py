@@ -109,6 +109,25 @@ def test_shortcuts_alone_are_mean_down_and_nearest_up():
     torch.testing.assert_close(seen[0], want)
 
 
+def test_rgb_shortcut_makes_the_untrained_vae_a_plain_resampler():
+    """rgb_shortcut: the freshly built VAE (the demo VAE's shape, widths [16, 32], 16 latent
+    channels) is a 4x4 mean down and a copy up of the RGB clip, so a clip constant on 4x4
+    blocks and on each latent frame's group of frames comes back exactly, every colour
+    channel included; training then learns a residual over that."""
+    vae = _vae(latent_channels=16, temporal=4, widths=[16, 32], shortcuts=True, rgb_shortcut=True)
+    g = torch.Generator().manual_seed(2)
+    blocks = torch.rand(3, 3, 2, 3, generator=g) * 2 - 1  # 3 latent frames of 2x3 latent pixels
+    x = blocks.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)  # (3, 3, 8, 12)
+    x = torch.cat([x[:, :1], x[:, 1:2].expand(-1, 4, -1, -1), x[:, 2:3].expand(-1, 4, -1, -1)], dim=1)  # 9 frames
+    torch.testing.assert_close(vae.decode(vae.encode(x)), x)
+    torch.testing.assert_close(vae.encode(x, chunk=1), vae.encode(x))
+    # guard: without it the same VAE is no resampler at init
+    other = _vae(latent_channels=16, temporal=4, widths=[16, 32], shortcuts=True)
+    assert (other.decode(other.encode(x)) - x).abs().max() > 0.1
+    with pytest.raises(ValueError, match="rgb_shortcut needs shortcuts"):
+        VAEConfig(rgb_shortcut=True)
+
+
 def test_shortcuts_need_divisible_widths():
     with pytest.raises(ValueError, match="divisible"):
         VAEConfig(widths=[8, 12], latent_channels=8, shortcuts=True)

@@ -54,3 +54,13 @@ def test_contact_sheet_and_gallery(tmp_path):
                   title="t")
     page = (tmp_path / "index.html").read_text()
     assert 'src="a.gif"' in page and "a &lt;red&gt; circle" in page and "colour ok" in page
+
+
+def test_gallery_shows_a_reference_beside_its_sample(tmp_path):
+    a, ref = _clip(t=3, h=8, w=12), _clip(t=3, h=8, w=12)
+    files = write_video_files(tmp_path, "a", a, fps=8)
+    ref_files = write_video_files(tmp_path, "ref_a", ref, fps=8)
+    write_gallery(tmp_path / "index.html", [GalleryItem("a red circle", (3, 8, 12), files, ["colour ok"], ref_files),
+                                            GalleryItem("plain", (3, 8, 12), files)], title="t")
+    page = (tmp_path / "index.html").read_text()
+    assert page.count('src="ref_a.gif"') == 1 and "reference" in page and page.count('src="a.gif"') == 2

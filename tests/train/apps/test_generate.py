@@ -142,3 +142,19 @@ def test_a_non_default_run_config_reaches_sampling_intact(tmp_path_factory):
     default_flow = generate(run.model, run.encoder, [reqs[0].prompt], grids, flow=FlowConfig(), **kw)[0]
     assert np.array_equal(got, from_video_CTHW(with_run_flow))
     assert not torch.allclose(with_run_flow, default_flow)  # the flow really changes the samples
+
+
+def test_training_draws_timesteps_with_the_runs_flow_config(tmp_path, monkeypatch):
+    from patchpack.model.flow import FlowConfig
+
+    seen = []
+    real = trainer.sample_timesteps
+    monkeypatch.setattr(trainer, "sample_timesteps", lambda grid, *, config, generator: (
+        seen.append(config), real(grid, config=config, generator=generator))[1])
+    synth(tmp_path / "shards", num_samples=2, seed=0, shard_size=2, max_side=32, min_side=32, progress=False)
+    cfg = load_config(TrainConfig, None, [
+        f"run_dir={tmp_path / 'run'}", f"data.shards=[{tmp_path / 'shards'}]", "data.max_frames=2",
+        "packer.patch=[1,8,8]", "packer.max_len=64", "packer.rows=1", "packer.buffer=1", "model.depth=1",
+        "model.hidden=32", "model.heads=2", "loop.steps=1", "loop.threads=1", "flow.logit_mean=0.7"])
+    trainer.train(cfg)
+    assert seen and all(c == FlowConfig(logit_mean=0.7) for c in seen)

@@ -175,3 +175,34 @@ def test_from_video_maps_the_range_clips_and_inverts_to_video():
     assert np.array_equal(from_video_CTHW(to_video_CTHW(frames)), frames)
     with pytest.raises(ValueError, match="C, T, H, W"):
         from_video_CTHW(torch.zeros(2, 4, 4))
+
+
+def test_synth_demo_knobs_shapes_only_large_objects_and_excluded_captions(tmp_path):
+    """The demo's knobs: no photos or digits, objects 50-60% of the short side, and excluded
+    captions never written (yet still seeded: the same call writes the same samples)."""
+    rng = random.Random(0)
+    common = [make_sample(rng, photo_fraction=0.0, digit_fraction=0.0)[1] for _ in range(40)]
+    exclude = set(common[:6])  # captions that would surely come up again in 40 samples
+    kw = dict(num_samples=40, seed=0, shard_size=16, photo_fraction=0.0, digit_fraction=0.0,
+              object_scale=(0.5, 0.6), exclude=exclude, progress=False)
+    a = synth(tmp_path / "a", **kw)
+    b = synth(tmp_path / "b", **kw)
+    metas = [json.loads(m["json"]) for p in a["shards"] for m in _members(p).values()]
+    assert a["written"] == 40 and a["kinds"] == {"shape": 40}
+    assert not {m["caption"] for m in metas} & exclude
+    assert [m["caption"] for m in metas] == [json.loads(m["json"])["caption"]
+                                             for p in b["shards"] for m in _members(p).values()]
+    assert all(m["attrs"]["object"] in ("circle", "square", "triangle") for m in metas)
+    # the object's side: 50-60% of the short side, read from a square's mask
+    rng, squares = random.Random(1), 0
+    for _ in range(30):
+        frames, _, attrs = make_sample(rng, photo_fraction=0.0, digit_fraction=0.0, object_scale=(0.5, 0.6))
+        if attrs["object"] != "square":
+            continue
+        frame = frames[0].astype(int)
+        bg = np.median(frame.reshape(-1, 3), axis=0)
+        side = int(np.sqrt((np.abs(frame - bg).sum(-1) > 30).sum()))
+        short = min(attrs["height"], attrs["width"])
+        assert 0.5 * short - 1 <= side <= 0.6 * short + 1, (side, short)
+        squares += 1
+    assert squares >= 3  # not vacuous

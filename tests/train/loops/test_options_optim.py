@@ -80,6 +80,23 @@ def test_ema_tracks_and_restores():
         EMA(model, decay=1.5)
 
 
+def test_ema_warmup_forgets_the_init():
+    """With the step, the early decay is (1 + step) / (10 + step): after 100 steps of constant
+    weights the average holds ~none of the init; without warmup 0.998**100 = 82% of it."""
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.zero_()
+    warm, plain = EMA(model, decay=0.998), EMA(model, decay=0.998)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for step in range(100):
+        warm.update(model, step=step)
+        plain.update(model)
+    assert warm.decay_at(0) == 0.1 and warm.decay_at(10_000) == 0.998
+    assert torch.allclose(warm.shadow["weight"], torch.ones(2, 3), atol=1e-6)
+    assert torch.allclose(plain.shadow["weight"], torch.full((2, 3), 1 - 0.998**100), atol=1e-5)
+
+
 def test_metrics_jsonl_and_console_line(tmp_path, capsys):
     from patchpack.train.loops.metrics import MetricsLog, read_metrics
 
