@@ -110,8 +110,8 @@ def test_the_shipped_vae_is_the_committed_configs_and_installs_with_the_package(
 
     from patchpack.model.vae import load_vae
     from patchpack.train.apps.demo import demo_vae_path, shipped_vae
-    from patchpack.train.options import load_config
     from patchpack.train.loops import VAETrainConfig
+    from patchpack.train.options import load_config
 
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     root = Path(__file__).resolve().parents[3]
