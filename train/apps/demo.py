@@ -74,10 +74,11 @@ class DemoOptions:
     cfg_scale: float = 4.0
     seed: int = 0
     # --- length: None trains the config's loop.steps; a number of minutes (the whole demo, on
-    #     the reference 2-core machine) sets loop.steps = (minutes - fixed_minutes) * steps_per_minute
+    #     the reference 2-core machine) sets loop.steps = (minutes - fixed_minutes) * steps_per_minute,
+    #     and caps the training at that many minutes (loop.time_limit), so a slower machine stops on time
     minutes: float | None = None
-    steps_per_minute: float = 150.0  # measured: docs/generation.md
-    fixed_minutes: float = 3.0  # data, latents, generation and evaluation
+    steps_per_minute: float = 240.0  # measured on an idle 2-core machine: docs/generation.md
+    fixed_minutes: float = 2.0  # data, latents, generation and evaluation
 
     def __post_init__(self) -> None:  # before any stage runs, not after the training
         for name in ("num_samples", "prompts", "sample_steps", "clip_pixels", "clip_frames"):
@@ -229,7 +230,8 @@ def run_demo(opts: DemoOptions, *, data_only: bool = False) -> dict:
 
     # 3. train
     steps = train_steps(opts)
-    extra = [] if steps is None else [f"loop.steps={steps}"]
+    extra = [] if steps is None else [f"loop.steps={steps}",
+                                      f"loop.time_limit={60 * (opts.minutes - opts.fixed_minutes):.0f}"]
     config = opts.config if opts.config is not None else default_config()
     cfg = load_config(TrainConfig, config, [f"run_dir={run_dir}", f"data.shards=[{latents}]", f"vae={vae}",
                                             *extra, *opts.overrides])
