@@ -254,8 +254,9 @@ def run_demo(opts: DemoOptions, *, data_only: bool = False) -> dict:
     t = time.perf_counter()
     videos = sample(run, reqs, steps=opts.sample_steps, cfg_scale=opts.cfg_scale, seed=opts.seed, progress=True,
                     solver=opts.solver)
-    row = prompted_row(run, side=side, frames=frames, subjects=opts.prompts, steps=opts.sample_steps,
-                       cfg_scale=opts.cfg_scale, seed=opts.seed, progress=True)
+    row = prompted_row(run, side=side, frames=frames, captions=[prompt_for(s, frames) for s in subjects],
+                       steps=opts.sample_steps, cfg_scale=opts.cfg_scale, seed=opts.seed,
+                       object_scale=opts.object_scale, progress=True)
     timings["generate"] = time.perf_counter() - t
 
     # 5. evaluate against the captions and against real clips, write everything

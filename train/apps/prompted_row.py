@@ -1,12 +1,15 @@
 """The demo's prompted row: image-to-video and extension of synthetic clips, measured for continuation.
 
-Per subject (a fresh synth shape clip at the trained clip size, its caption as the prompt):
+Per caption (a real clip of it at the trained clip size, reference.reference_clip, with the
+caption as the prompt; the demo passes its held-out captions), with `half` the temporal-patch
+boundary nearest the middle of the clip and `longer` the longest length up to twice the clip
+the run can make:
 
-    image-to-video                 frame 0 given                    -> `frames` frames
-    extend forward                 the first frames/2 given         -> `frames` frames
-    extend forward, unseen length  the first `frames` given         -> 2 x `frames` frames
-    extend backward                frames/2 .. frames-1 given last  -> `frames` frames
-    text only, frames and 2 x frames long: the baselines
+    image-to-video                 frame 0 given                     -> `frames` frames
+    extend forward                 the first `half` frames given     -> `frames` frames
+    extend forward, unseen length  the first `frames` given          -> `longer` frames
+    extend backward                frames half .. frames-1 given last -> `frames` frames
+    text only, `frames` and `longer` frames long: the baselines
 
 All of them go through one `sample` call (one packed pass per Euler step). Each prompted
 clip is measured by continuation.py; each baseline gets the same measure with the mode's
@@ -15,16 +18,15 @@ given frames pasted over it, which is what agreement the condition did not earn.
 
 from __future__ import annotations
 
-import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from patchpack.train.data.synth import shape_clip
-
 from . import prompting
 from .continuation import MEASURES, continuation, summarise_continuation
 from .generate import LoadedRun, Request, sample
+from .reference import reference_clip
 
 __all__ = ["PromptedRow", "format_continuation", "prompted_requests", "prompted_row"]
 
@@ -39,17 +41,18 @@ class PromptedRow:
     report: dict  # summarise_continuation: per mode, and per mode's text-only baseline
 
 
-def prompted_requests(run: LoadedRun, *, side: int, frames: int, subjects: int, seed: int) -> list[Request]:
-    """4 prompted requests and 2 text-only baselines per subject (tags name the mode)."""
-    rng = random.Random(seed)
+def prompted_requests(run: LoadedRun, *, side: int, frames: int, captions: Sequence[str], seed: int,
+                      object_scale: tuple[float, float] = (0.3, 0.45)) -> list[Request]:
+    """4 prompted requests and 2 text-only baselines per caption (a synth shape caption with
+    motion); tags name the mode. object_scale: the object's side in the given clips, as synth's."""
     starts = [r.start for r in prompting.patch_frames(run, frames)][1:]  # where a later temporal patch starts
     if not starts:
         raise ValueError(f"the prompted row needs clips of at least two temporal patches, got {frames} frames")
     half = min(starts, key=lambda s: abs(s - frames / 2))  # the patch boundary nearest the middle
     longer = next(t for t in range(2 * frames, frames, -1) if prompting.patch_frames_or_none(run, t))
     out = []
-    for _ in range(subjects):
-        clip, caption, _ = shape_clip(rng, 2 * frames, side, side)
+    for i, caption in enumerate(captions):
+        clip = reference_clip(caption, 2 * frames, side, side, seed=seed + i, object_scale=object_scale)
         req = lambda t, tag, c=caption: Request(c, t, side, side, tag=f"prompted: {tag}")  # noqa: E731
         out += [
             prompting.image(run, req(frames, MODES[0]), clip[:1]),
@@ -62,10 +65,10 @@ def prompted_requests(run: LoadedRun, *, side: int, frames: int, subjects: int, 
     return out
 
 
-def prompted_row(run: LoadedRun, *, side: int, frames: int, subjects: int, steps: int, cfg_scale: float,
-                 seed: int, progress: bool = False) -> PromptedRow:
+def prompted_row(run: LoadedRun, *, side: int, frames: int, captions: Sequence[str], steps: int, cfg_scale: float,
+                 seed: int, object_scale: tuple[float, float] = (0.3, 0.45), progress: bool = False) -> PromptedRow:
     """Generate and measure the row; `frames` and `side` should be the run's trained clip size."""
-    reqs = prompted_requests(run, side=side, frames=frames, subjects=subjects, seed=seed)
+    reqs = prompted_requests(run, side=side, frames=frames, captions=captions, seed=seed, object_scale=object_scale)
     videos = sample(run, reqs, steps=steps, cfg_scale=cfg_scale, seed=seed, progress=progress)
     results, notes = [], []
     for i in range(0, len(reqs), 6):

@@ -151,7 +151,9 @@ def test_latent_given_frames_are_encoded_as_the_clip_holds_them(tmp_path):
 def test_the_demo_row_prompts_every_mode_and_measures_it_against_a_baseline(run):
     from patchpack.train.apps.prompted_row import MODES, format_continuation, prompted_row
 
-    row = prompted_row(run, side=16, frames=4, subjects=2, steps=1, cfg_scale=2.0, seed=0)
+    captions = ["a circle in red moving left fast on a black background",
+                "a square in blue moving up slowly on a gray background"]
+    row = prompted_row(run, side=16, frames=4, captions=captions, steps=1, cfg_scale=2.0, seed=0)
     assert len(row.reqs) == len(row.videos) == len(row.notes) == 12
     assert [r.frames for r in row.reqs[:6]] == [4, 4, 8, 4, 4, 8]
     for mode in MODES:
