@@ -34,6 +34,8 @@ import tarfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from patchpack.train.files import fsync_dir
+
 from .media_decode import (
     IMAGE_EXTS,
     VIDEO_EXTS,
@@ -146,7 +148,7 @@ class ShardWriter:
             os.replace(_tmp(path), path)
         self.closed = True
         if self.paths:
-            _fsync_dir(self.out_dir)
+            fsync_dir(self.out_dir)
             self._write_index()
         return self.paths
 
@@ -195,14 +197,6 @@ def _member_size(data) -> int:
     if isinstance(data, (bytes, bytearray, memoryview)):
         return len(data)
     return os.stat(data).st_size
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def prepare_out_dir(out_dir: str | Path, *, overwrite: bool) -> Path:

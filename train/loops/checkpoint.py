@@ -34,6 +34,8 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from patchpack.train.files import fsync_dir
+
 from .state_io import flatten, unflatten
 
 _NAME = re.compile(r"^step_(\d{8})$")
@@ -42,14 +44,6 @@ META = "state.json"
 
 class CorruptCheckpoint(ValueError):
     """A checkpoint that does not load: the message names the file and why."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_file(path: Path, write) -> None:
@@ -106,11 +100,11 @@ def save_checkpoint(
     sums = {p.name: file_digest(p) for p in sorted(tmp.iterdir())}  # state.json, written last, lists the rest
     meta = {"step": step, "state": skeleton, "files": sums}
     _write_file(tmp / META, lambda p: p.write_text(json.dumps(meta)))
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():  # re-saving the same step (e.g. at exit right after a periodic save)
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
 
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from run_testing import tiny_run
 
 from patchpack.model import FlowConfig, generate, load_dit
 from patchpack.train.apps.generate import (
@@ -28,17 +29,7 @@ pytest.importorskip("av")
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("gen")
-    synth(root / "shards", num_samples=6, seed=0, shard_size=6, max_side=48, min_side=32, progress=False)
-    cfg = load_config(TrainConfig, None, [
-        f"run_dir={root / 'run'}", f"data.shards=[{root / 'shards'}]", "data.max_frames=4", "data.shuffle_buffer=2",
-        "packer.patch=[2,4,4]", "packer.max_len=96", "packer.rows=1", "packer.max_tokens_per_sample=64",
-        "packer.buffer=2", "model.depth=1", "model.hidden=32", "model.heads=2", "model.attn_backend=cpu",
-        "optim.warmup=1", "loop.steps=3", "loop.threads=1", "loop.ema_decay=0.5",
-    ])
-    trainer.train(cfg)
-    return root / "run"
+    return tiny_run(tmp_path_factory.mktemp("gen"), "loop.ema_decay=0.5")[0]
 
 
 def test_load_run_finds_the_newest_checkpoint_and_picks_ema_or_raw(run_dir):
@@ -113,18 +104,12 @@ def test_ema_entries_the_model_lacks_are_refused(run_dir, tmp_path):
 
 def test_a_non_default_run_config_reaches_sampling_intact(tmp_path_factory):
     """Flow, prediction, RoPE extrapolation and the trained grid travel from training to sampling."""
-    root = tmp_path_factory.mktemp("nondefault")
-    synth(root / "shards", num_samples=4, seed=1, shard_size=4, max_side=48, min_side=32, progress=False)
-    cfg = load_config(TrainConfig, None, [
-        f"run_dir={root / 'run'}", f"data.shards=[{root / 'shards'}]", "data.max_frames=4", "data.shuffle_buffer=2",
-        "packer.patch=[2,4,4]", "packer.max_len=96", "packer.rows=1", "packer.max_tokens_per_sample=64",
-        "packer.buffer=2", "model.depth=1", "model.hidden=32", "model.heads=2", "model.attn_backend=cpu",
-        "model.prediction=x", "model.rope_extrapolation=ntk", "model.mlp_ratio=2.0",
-        "flow.logit_mean=0.7", "flow.shift_base_tokens=16", "optim.warmup=1", "loop.steps=2", "loop.threads=1",
-    ])
-    summary = trainer.train(cfg)
-    run = load_run(root / "run")
-    assert run.config.flow == cfg.flow != FlowConfig()
+    run_path, summary = tiny_run(tmp_path_factory.mktemp("nondefault"), "model.prediction=x",
+                                 "model.rope_extrapolation=ntk", "model.mlp_ratio=2.0", "flow.logit_mean=0.7",
+                                 "flow.shift_base_tokens=16", "loop.steps=2", samples=4, seed=1)
+    flow = FlowConfig(logit_mean=0.7, shift_base_tokens=16)
+    run = load_run(run_path)
+    assert run.config.flow == flow != FlowConfig()
     mc = run.model.config
     assert (mc.prediction, mc.rope_extrapolation, mc.mlp_ratio, mc.patch) == ("x", "ntk", 2.0, (2, 4, 4))
     assert list(mc.rope_train_grid) == summary["seen_grid"]  # recorded from the data, not the default
@@ -138,7 +123,7 @@ def test_a_non_default_run_config_reaches_sampling_intact(tmp_path_factory):
     got = sample(run, reqs, steps=3, seed=3)[0]
     grids = [(4, 16, 16)]
     kw = dict(steps=3, cfg_scale=4.0, seed=3)
-    with_run_flow = generate(run.model, run.encoder, [reqs[0].prompt], grids, flow=cfg.flow, **kw)[0]
+    with_run_flow = generate(run.model, run.encoder, [reqs[0].prompt], grids, flow=flow, **kw)[0]
     default_flow = generate(run.model, run.encoder, [reqs[0].prompt], grids, flow=FlowConfig(), **kw)[0]
     assert np.array_equal(got, from_video_CTHW(with_run_flow))
     assert not torch.allclose(with_run_flow, default_flow)  # the flow really changes the samples

@@ -9,13 +9,11 @@ import random
 import numpy as np
 import pytest
 import torch
+from run_testing import tiny_run
 
 from patchpack.train.apps import prompting as P
 from patchpack.train.apps.generate import Request, load_run, model_condition, sample
-from patchpack.train.data.synth import shape_clip, synth
-from patchpack.train.loops import dit_loop as trainer
-from patchpack.train.loops.config import TrainConfig
-from patchpack.train.options import load_config
+from patchpack.train.data.synth import shape_clip
 
 pytest.importorskip("av")
 
@@ -23,18 +21,9 @@ pytest.importorskip("av")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A 3-step pixel run, patch (2, 4, 4), trained at <= 64 tokens (16x16 clips of 4 frames)."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("prompting")
-    synth(root / "shards", num_samples=6, seed=0, shard_size=6, max_side=48, min_side=32, progress=False)
-    cfg = load_config(TrainConfig, None, [
-        f"run_dir={root / 'run'}", f"data.shards=[{root / 'shards'}]", "data.max_frames=4", "data.shuffle_buffer=2",
-        "packer.patch=[2,4,4]", "packer.max_len=96", "packer.rows=1", "packer.max_tokens_per_sample=64",
-        "packer.buffer=2", "model.depth=1", "model.hidden=32", "model.heads=2", "model.attn_backend=cpu",
-        "optim.warmup=1", "loop.steps=3", "loop.threads=1", "conditioning.first_frame=1.0",
-        "conditioning.first_frames=1.0",
-    ])
-    trainer.train(cfg)
-    return load_run(root / "run")
+    run_dir, _ = tiny_run(tmp_path_factory.mktemp("prompting"), "conditioning.first_frame=1.0",
+                          "conditioning.first_frames=1.0")
+    return load_run(run_dir)
 
 
 def _clip(frames, h, w, seed=0):
