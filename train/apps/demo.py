@@ -77,7 +77,7 @@ class DemoOptions:
     #     the reference 2-core machine) sets loop.steps = (minutes - fixed_minutes) * steps_per_minute,
     #     and caps the training at that many minutes (loop.time_limit), so a slower machine stops on time
     minutes: float | None = None
-    steps_per_minute: float = 240.0  # measured on an idle 2-core machine: docs/generation.md
+    steps_per_minute: float = 200.0  # 204 measured on an idle 2-core machine (2,400 steps in 705 s): docs/generation.md
     fixed_minutes: float = 2.0  # data, latents, generation and evaluation
 
     def __post_init__(self) -> None:  # before any stage runs, not after the training
