@@ -204,10 +204,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from patchpack.train.apps.generate import load_run, parse_size, requests, sample, write_outputs
-    from patchpack.train.apps.prompting import with_condition
+    from patchpack.train.apps.prompting import media_size, with_condition
 
-    sizes = [parse_size(s) for s in args.size]
+    media = args.image or args.video or (args.connect or [None])[0] or args.edit
+    if not args.size and not media:
+        raise UserError("--size HEIGHTxWIDTH is required (without it, --image, --video, --connect or --edit "
+                        "sets the size from the given media)")
+    sizes = [parse_size(s) for s in args.size or []]
     run = load_run(args.ckpt, weights=args.weights, rope_extrapolation=args.rope)
+    sizes = sizes or [media_size(run, media)]
     reqs = requests(args.prompt, sizes=sizes, frames=args.frames or [run.default_frames])
     reqs = with_condition(run, reqs, image_path=args.image, video_path=args.video, extend_by=args.extend,
                           backward=args.backward, connect_paths=args.connect, edit_path=args.edit,
@@ -323,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("generate", help="sample videos from a training run at any sizes")
     s.add_argument("--ckpt", required=True, help="a run directory (newest checkpoint) or a checkpoint directory")
     s.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
-    s.add_argument("--size", action="append", required=True, help="HEIGHTxWIDTH in pixels; repeat for several")
+    s.add_argument("--size", action="append", default=None,
+                   help="HEIGHTxWIDTH in pixels; repeat for several (default with --image, --video, --connect or "
+                        "--edit: the media's aspect, at most its size and the largest frame the run trained on)")
     s.add_argument("--frames", type=count(1), action="append", default=None,
                    help="frames per video: once for all sizes or once per --size (default 8, or 9 for a run "
                         "in a x4 causal VAE's latents: 1 + 2 x 4; 1 = an image)")

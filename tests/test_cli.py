@@ -159,7 +159,40 @@ def test_generate_prompted_with_an_image_and_with_a_clip_at_strength_zero(demo_d
     assert item["frames"] == 9 and np.abs(got.astype(int) - round_trip.astype(int)).max() <= 1
 
 
+def test_prompting_without_size_follows_the_media_within_the_trained_frame(demo_dir, media, tmp_path):
+    """Without --size the output takes the given media's aspect, at most its size and the
+    largest frame the run trained on; without --size or media it is a one-line error."""
+    import json
+
+    from patchpack.train.apps import load_run
+    from patchpack.train.data import encode_image
+
+    src, clip, _ = media
+    big = np.repeat(np.repeat(clip[0], 4, axis=0), 8, axis=1)  # 128 x 256: larger than anything trained
+    (tmp_path / "big.png").write_bytes(encode_image(big, fmt="png"))
+    run = load_run(demo_dir / "run")
+    unit = run.patch[1] * run.vae.config.spatial
+    _, gh, gw = run.model.config.rope_train_grid
+    base = ["generate", "--ckpt", str(demo_dir / "run"), "--prompt", "x", "--steps", "1"]
+    for name, args in [("extend", ["--video", str(src / "clip.mp4"), "--extend", "4"]),
+                       ("connect", ["--connect", str(src / "clip.mp4"), str(src / "clip.mp4"), "--frames", "17"]),
+                       ("big", ["--image", str(tmp_path / "big.png"), "--frames", "9"])]:
+        r = _run(*base, *args, "--out", str(tmp_path / name))
+        assert r.returncode == 0, r.stderr[-3000:]
+        item = json.loads((tmp_path / name / "manifest.json").read_text())["items"][0]
+        h, w = item["height"], item["width"]
+        if name == "big":
+            assert h % unit == 0 and w % unit == 0 and (h // unit) * (w // unit) <= gh * gw
+            assert abs(w / h - 2) <= unit / h + unit / w  # the aspect within a patch per side
+        else:
+            assert (h, w) == (32, 32)  # the clip's own size, which training saw
+    r = _run(*base, "--out", str(tmp_path / "none"))
+    assert r.returncode == 2 and "--size HEIGHTxWIDTH is required" in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--video", "{src}/clip.mp4", "--extend", "4", "--backward"], "the nearest that do: --extend 5"),
     (["--image", "{src}/wide.png"], "cannot fill 32x32 keeping its aspect"),
     (["--extend", "4"], "--video and --extend"),
     (["--video", "{src}/clip.mp4", "--extend", "3", "--frames", "5"], "cannot fit whole temporal patches"),

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Given", "connect", "edit", "extend", "fit_frames", "image", "load_frames", "patch_frames", "with_condition"]
+__all__ = ["Given", "connect", "edit", "extend", "fit_frames", "image", "load_frames", "media_size", "patch_frames",
+           "with_condition"]
 
 
 @dataclass
@@ -64,6 +65,37 @@ def load_frames(path: str, *, fps: float) -> np.ndarray:
         return decode_image(data, max_pixels=big).frames_THWC
     return decode_video(data, fps=fps, max_seconds=None, max_frames=None, max_pixels=big,
                         max_source_frames=big).frames_THWC
+
+
+def media_size(run, path: str) -> tuple[int, int]:
+    """The output (height, width) in pixels for a prompt given without a size: the media's own
+    aspect (within one patch per side), no larger than the media, nor than the largest frame the
+    run trained on (its patch grid per frame). Read from the file's headers: nothing is decoded.
+    ValueError when the file is missing or unreadable."""
+    from pathlib import Path
+
+    from patchpack.train.data.media_decode import IMAGE_EXTS, probe_image, probe_video
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"not found: {p}")
+    probe = probe_image if p.suffix.lower().lstrip(".") in IMAGE_EXTS else probe_video
+    info = probe(p.read_bytes())
+    ph, pw = _pixel_patch(run)
+    _, gh, gw = run.model.config.rope_train_grid
+    H, W = info.height, info.width
+    # Both sides floored to whole patches at one scale s <= 1, which is what fit_frames accepts
+    # (covering the result crops less than a patch). The scales worth trying are those where one
+    # side lands exactly on a patch count; keep the most patches within the trained frame.
+    best = None
+    for s in [k * ph / H for k in range(1, H // ph + 1)] + [k * pw / W for k in range(1, W // pw + 1)]:
+        a, b = int(s * H + 1e-9) // ph, int(s * W + 1e-9) // pw
+        if a >= 1 and b >= 1 and a * b <= gh * gw and (best is None or a * b > best[0] * best[1]):
+            best = (a, b)
+    if best is None:
+        raise ValueError(f"{p} is {H}x{W} px: it does not hold one {ph}x{pw} px patch of this run at its aspect "
+                         f"within the trained frame; give --size")
+    return best[0] * ph, best[1] * pw
 
 
 def fit_frames(frames_THWC: np.ndarray, height: int, width: int, *, patch_hw: tuple[int, int],
@@ -119,11 +151,16 @@ def _boundaries(run, frames: int) -> set[int] | None:
     return None if patches is None else {r.start for r in patches} | {frames}
 
 
-def _fit(run, req, frames_THWC: np.ndarray, what: str) -> np.ndarray:
+def _pixel_patch(run) -> tuple[int, int]:
+    """A token's height and width in output pixels."""
     ph, pw = run.patch[1:]
     if run.vae is not None:
         ph, pw = ph * run.vae.config.spatial, pw * run.vae.config.spatial
-    return fit_frames(frames_THWC, req.height, req.width, patch_hw=(ph, pw), what=what)
+    return ph, pw
+
+
+def _fit(run, req, frames_THWC: np.ndarray, what: str) -> np.ndarray:
+    return fit_frames(frames_THWC, req.height, req.width, patch_hw=_pixel_patch(run), what=what)
 
 
 # --------------------------------------------------------------------------- the modes
@@ -150,15 +187,14 @@ def extend(run, req, clip: np.ndarray, n: int, *, backward: bool = False):
     if n < 1:
         raise ValueError(f"--extend {n}: must be >= 1 frame")
     c = len(clip) if req.frames <= n else min(len(clip), req.frames - n)
-    for keep in range(c, 0, -1):
-        total = keep + n
-        starts = _boundaries(run, total)
-        edge = n if backward else keep  # where the given run meets the generated frames
-        if starts is not None and edge in starts and len(starts) > 2:
-            break
-    else:
+    keep = _extension_keep(run, c, n, backward)
+    if keep is None:
+        near = [m for m in range(max(1, n - 16), n + 17) if m != n and _extension_keep(run, c, m, backward)]
+        why = f"patch {run.patch[0]}" + (f", the VAE makes 1 + {run.vae.config.temporal}k frames" if run.vae else "")
+        hint = f"; the nearest that do: --extend {min(near, key=lambda m: (abs(m - n), m))}" if near else ""
         raise ValueError(f"a clip of {len(clip)} frames plus {n} new ones cannot fit whole temporal patches "
-                         f"(patch {run.patch[0]}); try another --extend")
+                         f"({why}){hint}")
+    total = keep + n
     part = clip[:keep] if backward else clip[len(clip) - keep:]  # the frames next to the new ones
     frames = np.zeros((total, req.height, req.width, 3), np.uint8)
     given = np.zeros(total, bool)
@@ -167,6 +203,17 @@ def extend(run, req, clip: np.ndarray, n: int, *, backward: bool = False):
     given[span] = True
     mode = "extend backward" if backward else "extend"
     return replace(req, frames=total, condition=Given(frames, given, mode=mode))
+
+
+def _extension_keep(run, c: int, n: int, backward: bool) -> int | None:
+    """How many of the clip's (at most c) frames an extension by n keeps, or None when none fits:
+    the given run and the new frames must meet on a temporal-patch boundary."""
+    for keep in range(c, 0, -1):
+        starts = _boundaries(run, keep + n)
+        edge = n if backward else keep  # where the given run meets the generated frames
+        if starts is not None and edge in starts and len(starts) > 2:
+            return keep
+    return None
 
 
 def connect(run, req, a: np.ndarray, b: np.ndarray):
