@@ -44,7 +44,6 @@ __all__ = ["SOLVERS", "check_grid", "generate"]
 SOLVERS = ("euler", "heun")
 
 TextEncoder = Callable[[list[str]], tuple[Tensor, Tensor]]
-SOLVERS = ("euler", "heun")
 
 
 def check_grid(

@@ -26,6 +26,9 @@ from pathlib import Path
 BENCHMARKS = ("packing", "attention", "pipeline", "e2e", "decode_memory")
 
 
+SOLVERS = ("euler", "heun")  # model.sampler.SOLVERS, spelt out so building the parser imports no torch
+
+
 class UserError(Exception):
     """A problem with what the user asked for: printed as one line, exit code 2."""
 
@@ -313,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-samples", type=count(1), default=None, help="synthetic clips to write (default 2000)")
     s.add_argument("--prompts", type=count(1), default=8, help="held-out prompts, each generated at every demo size")
     s.add_argument("--steps", type=count(1), default=25, help="sampling steps")
-    s.add_argument("--solver", choices=("euler", "heun"), default="euler",
+    s.add_argument("--solver", choices=SOLVERS, default="euler",
                    help="heun: second order, two model calls per step")
     s.add_argument("--cfg", type=finite(), default=4.0, help="classifier-free guidance scale")
     s.add_argument("--seed", type=int, default=0)
@@ -335,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames per video: once for all sizes or once per --size (default 8, or 9 for a run "
                         "in a x4 causal VAE's latents: 1 + 2 x 4; 1 = an image)")
     s.add_argument("--steps", type=count(1), default=30, help="sampling steps")
-    s.add_argument("--solver", choices=("euler", "heun"), default="euler",
+    s.add_argument("--solver", choices=SOLVERS, default="euler",
                    help="heun: second order, two model calls per step")
     s.add_argument("--cfg", type=finite(), default=4.0, help="classifier-free guidance scale (1 = off)")
     s.add_argument("--seed", type=int, default=0)

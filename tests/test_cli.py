@@ -31,6 +31,13 @@ def test_synth_then_make_shards_errors(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "not found" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_the_parsers_solvers_are_the_samplers():
+    from patchpack.cli import SOLVERS
+    from patchpack.model.sampler import SOLVERS as SAMPLER_SOLVERS
+
+    assert SOLVERS == SAMPLER_SOLVERS
+
+
 def test_unknown_benchmark_is_rejected_by_the_parser():
     r = _run("bench", "nope")
     assert r.returncode == 2 and "invalid choice" in r.stderr

@@ -5,7 +5,6 @@
     parallel/  torchrun processes and the knobs applied to a built model (DDP, FSDP2, compile)
     apps/      generate, gallery, evaluate, demo
     options.py config loading at the edge: dataclass defaults <- YAML <- key=value
-    stop.py    SIGTERM and Ctrl-C: stop at the next safe point (loops and the data stream)
     files.py   fsync of directories, for shard and checkpoint writers
     stop.py    SIGTERM and Ctrl-C: a flag the loops and the data stream stop at, at safe points
 """

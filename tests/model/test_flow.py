@@ -152,25 +152,23 @@ class _Oracle(torch.nn.Module):
         return self.x0
 
 
-def test_flow_loss_reads_the_models_prediction_type():
+def _loss_at(model_for, t_S: list[float]) -> float:
+    """flow_loss of model_for(batch.tokens) on two packed samples at timesteps t_S, fixed noise."""
     samples = [make_sample((1, 2, 2), seed=0), make_sample((3, 2, 2), seed=1)]
     batch = pack(samples, [[0, 1]], 20, rows=2)
     text, lengths = torch.cat(make_text([1, 2])), torch.tensor([1, 2])
-    out = flow_loss(_Oracle(batch.tokens), batch, text, lengths, t_S=torch.tensor([0.3, 0.8]),
-                    generator=torch.Generator().manual_seed(5))
-    assert out.loss.item() < 1e-10
-    wrong = flow_loss(_Zero(), batch, text, lengths, t_S=torch.tensor([0.3, 0.8]),
-                      generator=torch.Generator().manual_seed(5))
-    assert wrong.loss.item() > 0.1  # guard: the same batch with a v-model of zeros is far off
+    return flow_loss(model_for(batch.tokens), batch, text, lengths, t_S=torch.tensor(t_S),
+                     generator=torch.Generator().manual_seed(5)).loss.item()
+
+
+def test_flow_loss_reads_the_models_prediction_type():
+    assert _loss_at(_Oracle, [0.3, 0.8]) < 1e-10
+    # guard: the same batch with a v-model of zeros is far off
+    assert _loss_at(lambda tokens: _Zero(), [0.3, 0.8]) > 0.1
 
 
 def test_x_prediction_oracle_has_zero_loss_below_t_min():
     """The division by t is clamped at T_MIN in the target as in the prediction (JiT clamps
     both): a model that outputs x0 exactly must score 0 at every t, also t < T_MIN, where an
     unclamped target would ask it to output x0 - (T_MIN - t) * v instead."""
-    samples = [make_sample((1, 2, 2), seed=0), make_sample((3, 2, 2), seed=1)]
-    batch = pack(samples, [[0, 1]], 20, rows=2)
-    text, lengths = torch.cat(make_text([1, 2])), torch.tensor([1, 2])
-    out = flow_loss(_Oracle(batch.tokens), batch, text, lengths, t_S=torch.tensor([0.01, 0.03]),
-                    generator=torch.Generator().manual_seed(5))
-    assert out.loss.item() < 1e-10
+    assert _loss_at(_Oracle, [0.01, 0.03]) < 1e-10

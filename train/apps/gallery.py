@@ -93,6 +93,10 @@ class GalleryItem:
     reference: MediaFiles | None = None  # a real clip of the same caption and size, shown beside it
 
 
+def _gif_tag(files: MediaFiles, alt: str, *, width: int, height: int) -> str:
+    return f'<img src="{html.escape(files.gif)}" width="{width}" height="{height}" alt="{html.escape(alt)}">'
+
+
 def write_gallery(path: str | Path, items: Sequence[GalleryItem], *, title: str, intro: str = "",
                   scale: int = 4) -> Path:
     """A self-contained HTML page (no scripts, no external assets) showing each gif, beside its
@@ -103,11 +107,9 @@ def write_gallery(path: str | Path, items: Sequence[GalleryItem], *, title: str,
         links = " · ".join(f'<a href="{html.escape(f)}">{kind}</a>'
                            for kind, f in (("mp4", it.files.mp4), ("gif", it.files.gif), ("png", it.files.png)) if f)
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in it.notes)
-        img = (f'<img src="{html.escape(it.files.gif)}" width="{w * scale}" height="{h * scale}" '
-               f'alt="{html.escape(it.caption)}">')
+        img = _gif_tag(it.files, it.caption, width=w * scale, height=h * scale)
         if it.reference is not None:  # generated | real, each labelled
-            ref = (f'<img src="{html.escape(it.reference.gif)}" width="{w * scale}" height="{h * scale}" '
-                   f'alt="reference: {html.escape(it.caption)}">')
+            ref = _gif_tag(it.reference, f"reference: {it.caption}", width=w * scale, height=h * scale)
             img = (f'<span class="pair"><span>{img}<br>generated</span><span>{ref}<br>reference</span></span>')
         cards.append(
             f'<figure>{img}<figcaption><b>{html.escape(it.caption)}</b><br>'

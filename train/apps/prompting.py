@@ -53,15 +53,11 @@ class Given:
 def load_frames(path: str, *, fps: float) -> np.ndarray:
     """uint8 [T, H, W, 3] from an image (png/jpg: T = 1) or a video resampled to `fps`;
     ValueError when the file is missing or unreadable."""
-    from pathlib import Path
+    from patchpack.train.data.media_decode import decode_image, decode_video
 
-    from patchpack.train.data.media_decode import IMAGE_EXTS, decode_image, decode_video
-
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"not found: {p}")
-    data, big = p.read_bytes(), 1 << 40
-    if p.suffix.lower().lstrip(".") in IMAGE_EXTS:
+    data, is_image = _read_media(path)
+    big = 1 << 40
+    if is_image:
         return decode_image(data, max_pixels=big).frames_THWC
     return decode_video(data, fps=fps, max_seconds=None, max_frames=None, max_pixels=big,
                         max_source_frames=big).frames_THWC
@@ -72,15 +68,10 @@ def media_size(run, path: str) -> tuple[int, int]:
     aspect (within one patch per side), no larger than the media, nor than the largest frame the
     run trained on (its patch grid per frame). Read from the file's headers: nothing is decoded.
     ValueError when the file is missing or unreadable."""
-    from pathlib import Path
+    from patchpack.train.data.media_decode import probe_image, probe_video
 
-    from patchpack.train.data.media_decode import IMAGE_EXTS, probe_image, probe_video
-
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"not found: {p}")
-    probe = probe_image if p.suffix.lower().lstrip(".") in IMAGE_EXTS else probe_video
-    info = probe(p.read_bytes())
+    data, is_image = _read_media(path)
+    info = (probe_image if is_image else probe_video)(data)
     ph, pw = _pixel_patch(run)
     _, gh, gw = run.model.config.rope_train_grid
     H, W = info.height, info.width
@@ -93,9 +84,21 @@ def media_size(run, path: str) -> tuple[int, int]:
         if a >= 1 and b >= 1 and a * b <= gh * gw and (best is None or a * b > best[0] * best[1]):
             best = (a, b)
     if best is None:
-        raise ValueError(f"{p} is {H}x{W} px: it does not hold one {ph}x{pw} px patch of this run at its aspect "
+        raise ValueError(f"{path} is {H}x{W} px: it does not hold one {ph}x{pw} px patch of this run at its aspect "
                          f"within the trained frame; give --size")
     return best[0] * ph, best[1] * pw
+
+
+def _read_media(path: str) -> tuple[bytes, bool]:
+    """A prompt's media file: (its bytes, whether it is an image by its extension); ValueError when missing."""
+    from pathlib import Path
+
+    from patchpack.train.data.media_decode import IMAGE_EXTS
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"not found: {p}")
+    return p.read_bytes(), p.suffix.lower().lstrip(".") in IMAGE_EXTS
 
 
 def fit_frames(frames_THWC: np.ndarray, height: int, width: int, *, patch_hw: tuple[int, int],

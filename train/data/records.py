@@ -68,13 +68,11 @@ class RecordDecoder:
             dec = decode_video(rec[ext], fps=d.fps, stride=d.stride, max_seconds=d.max_seconds,
                                max_frames=d.max_frames, max_pixels=d.max_pixels,
                                max_source_frames=d.max_source_frames,
-                               rng=self.rng if d.clip_start == "random" else None)
+                               rng=self._start_rng())
         else:
             dec = decode_image(rec[ext], max_pixels=d.max_pixels)
         t, h, w = dec.frames_THWC.shape[:3]
-        meta = {"caption": caption, "fps": dec.fps, "frames": t, "height": h, "width": w}
-        if "attrs" in info:
-            meta["attrs"] = info["attrs"]
+        meta = {"caption": caption, "fps": dec.fps, "frames": t, "height": h, "width": w, **_attrs(info)}
         return to_video_CTHW(dec.frames_THWC), meta
 
     def probe(self, rec: dict) -> UnsizedSample:
@@ -95,7 +93,7 @@ class RecordDecoder:
                 raise DecodeError("too_large", f"video {head.width}x{head.height} > max_pixels={d.max_pixels}")
             if head.frames > d.max_source_frames:
                 raise DecodeError("too_many_frames", f"{head.frames} frames > max_source_frames={d.max_source_frames}")
-            start = clip_start(head.duration, d.max_seconds, self.rng if d.clip_start == "random" else None)
+            start = clip_start(head.duration, d.max_seconds, self._start_rng())
             t = clip_frames(head, start, fps=d.fps, stride=d.stride, max_seconds=d.max_seconds,
                             max_frames=d.max_frames)
             if t < 1:
@@ -110,9 +108,7 @@ class RecordDecoder:
             t = 1
             meta = {"caption": caption, "fps": 0.0, "frames": 1, "height": head.height, "width": head.width,
                     "media": ext}
-        if "attrs" in info:
-            meta["attrs"] = info["attrs"]
-        return UnsizedSample((t, head.height, head.width), rec[ext], key, meta)
+        return UnsizedSample((t, head.height, head.width), rec[ext], key, {**meta, **_attrs(info)})
 
     def decode_planned(self, sample: UnsizedSample, size: tuple[int, int, int]) -> torch.Tensor:
         """StreamPacker's decode for `probe`'s samples: the clip's first size[0] frames at native
@@ -153,6 +149,10 @@ class RecordDecoder:
         caption = caps[self.rng.randrange(len(caps))] if len(caps) > 1 else caps[0]
         return info, caption
 
+    def _start_rng(self) -> random.Random | None:
+        """What draws a long video's clip start (decode and probe draw it alike): None starts at 0."""
+        return self.rng if self.data.clip_start == "random" else None
+
     @staticmethod
     def _media(rec: dict) -> str:
         ext = next((e for e in MEDIA_EXTS if e in rec), None)
@@ -165,9 +165,12 @@ class RecordDecoder:
         src = info.get("latent") if isinstance(info.get("latent"), dict) else {}
         meta = {"caption": caption, "fps": float(src.get("fps", 0.0)), "frames": int(src.get("frames", 0)),
                 "height": int(src.get("height", 0)), "width": int(src.get("width", 0)), "latent": latent_thw}
-        if "attrs" in info:
-            meta["attrs"] = info["attrs"]
-        return meta
+        return {**meta, **_attrs(info)}
+
+
+def _attrs(info: dict) -> dict:
+    """The record's attributes (synth's "attrs"), carried into the sample's meta when present."""
+    return {"attrs": info["attrs"]} if "attrs" in info else {}
 
 
 def record_to_state(rec: Mapping) -> dict:

@@ -80,17 +80,14 @@ def synth(out_dir: str | Path, *, num_samples: int = 200, seed: int = 0, shard_s
     kinds: dict[str, int] = {}
     with ShardWriter(prepare_out_dir(out_dir, overwrite=overwrite), max_count=shard_size) as writer:
         for i in tqdm(range(num_samples), desc="synth", unit="sample", disable=not progress):
-            frames_THWC, caption, attrs = make_sample(rng, photo_fraction=photo_fraction, min_side=min_side,
-                                                      max_side=max_side, digit_fraction=digit_fraction,
-                                                      object_scale=object_scale)
-            for _ in range(1000):  # a held-out caption: draw again (same rng, so still seeded)
-                if caption not in exclude:
-                    break
+            for _ in range(1001):  # a held-out caption: draw again (same rng, so still seeded)
                 frames_THWC, caption, attrs = make_sample(rng, photo_fraction=photo_fraction, min_side=min_side,
                                                           max_side=max_side, digit_fraction=digit_fraction,
                                                           object_scale=object_scale)
+                if caption not in exclude:
+                    break
             else:
-                raise ValueError(f"1000 draws in a row gave excluded captions, last {caption!r}")
+                raise ValueError(f"1001 draws in a row gave excluded captions, last {caption!r}")
             t, h, w = frames_THWC.shape[:3]
             if t == 1:
                 ext = "jpg" if attrs["kind"] == "photo" else "png"
